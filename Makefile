@@ -1,0 +1,29 @@
+# Two entry points a fresh machine needs: `make serve` and `make test`.
+# Both create .venv on first use and install the package with the pinned
+# CPU build of torch from constraints.txt.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+serve: install
+	$(BIN)/nanochat-gateway serve --config config.toml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check nanochat_gateway plugins tests bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

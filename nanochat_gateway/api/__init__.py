@@ -1,0 +1,1 @@
+"""HTTP layer: OpenAI-compatible routes, schemas and errors. Only app.py imports it."""

@@ -1,0 +1,1 @@
+"""Scheduling: device executors with continuous batching, sampling, routing."""

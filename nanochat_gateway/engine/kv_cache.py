@@ -1,0 +1,50 @@
+"""SlotKVCache: a preallocated KV cache of fixed slots, one per running sequence.
+
+Layout (n_layer, n_slots, n_kv_head, max_seq_len, head_dim): for one layer, the slots
+[0, n) form a strided view that batched decode attention reads without a gather. The
+executor keeps running sequences in the lowest slots (``move`` compacts them) so that
+view covers few idle slots.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nanochat_gateway.model.gpt import ModelConfig
+
+
+class SlotKVCache:
+    def __init__(
+        self,
+        config: ModelConfig,
+        n_slots: int,
+        max_seq_len: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+        smear: bool = False,
+    ):
+        self.n_slots, self.max_seq_len = n_slots, max_seq_len
+        shape = (config.n_layer, n_slots, config.n_kv_head, max_seq_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # Smear mixes the previous token's embedding in, so each slot remembers its last one.
+        self.prev_embed = torch.zeros(n_slots, config.n_embd, dtype=dtype, device=device) if smear else None
+
+    @staticmethod
+    def bytes_needed(config: ModelConfig, n_slots: int, max_seq_len: int, dtype: torch.dtype) -> int:
+        return config.kv_bytes_per_token(dtype) * n_slots * max_seq_len
+
+    @property
+    def nbytes(self) -> int:
+        extra = self.prev_embed.nbytes if self.prev_embed is not None else 0
+        return self.k.nbytes + self.v.nbytes + extra
+
+    def copy(self, src: int, dst: int, length: int) -> None:
+        """Copy the first `length` positions of slot src into slot dst (n > 1 forks, compaction)."""
+        if src == dst:
+            return
+        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
+        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+        if self.prev_embed is not None:
+            self.prev_embed[dst] = self.prev_embed[src]

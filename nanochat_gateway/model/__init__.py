@@ -1,0 +1,1 @@
+"""Torch-only model code: checkpoint loading, generations, tokenizer. Knows nothing of HTTP."""

@@ -1,0 +1,403 @@
+"""One GPT that serves every nanochat checkpoint generation.
+
+Notable features:
+- parameter names equal nanochat's state-dict keys, so checkpoints load with no renaming
+- the math of each generation comes from a GenerationSpec (generations.py), not subclasses
+- two forwards over the same weights:
+  * ``forward(idx)``: the plain causal forward with no cache (parity with nanochat)
+  * ``forward_step(batch, cache)``: one step of continuous batching over a slot KV cache,
+    where every row sits at its own position (ragged decode rows plus prefill chunks,
+    packed into one (N, C) activation so the linear layers see a single matmul)
+- sliding windows, value embeddings and smear state are tracked per row, so a row's
+  logits do not depend on what else shares the step
+- weights are stored in the serving dtype once; nothing is cast per forward
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanochat_gateway.model.generations import GenerationSpec
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """nanochat's GPTConfig, read from meta_<step>.json."""
+
+    sequence_len: int
+    vocab_size: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    n_embd: int
+    window_pattern: str = "L"  # checkpoints older than sliding windows attend over the full context
+
+    @classmethod
+    def from_meta(cls, model_config: dict[str, Any]) -> ModelConfig:
+        known = {f: model_config[f] for f in cls.__dataclass_fields__ if f in model_config}
+        missing = [f for f in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
+                   if f not in known]
+        if missing:
+            raise ValueError(f"model_config is missing {', '.join(missing)}")
+        config = cls(**known)
+        if config.n_embd % config.n_head or config.n_head % config.n_kv_head:
+            raise ValueError("n_embd must divide by n_head and n_head by n_kv_head")
+        return config
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def padded_vocab(self, spec: GenerationSpec) -> int:
+        m = spec.vocab_multiple
+        return -(-self.vocab_size // m) * m
+
+    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
+        """Bytes of KV cache one token occupies, over all layers (keys and values)."""
+        return self.n_layer * 2 * self.n_kv_head * self.head_dim * dtype.itemsize
+
+
+class KVStore(Protocol):
+    """What forward_step needs from a KV cache (engine/kv_cache.py implements it)."""
+
+    k: torch.Tensor  # (n_layer, n_slots, n_kv_head, max_seq_len, head_dim)
+    v: torch.Tensor
+    prev_embed: torch.Tensor | None  # (n_slots, n_embd): last normed embedding per slot, for smear
+
+
+@dataclass
+class PrefillSegment:
+    slot: int
+    start: int  # position of the segment's first token
+    length: int
+    offset: int  # index of the first token in the packed batch
+
+
+@dataclass
+class StepBatch:
+    """One continuous-batching step, packed: decode rows first, then prefill segments."""
+
+    tokens: torch.Tensor  # (N,) token ids
+    positions: torch.Tensor  # (N,) absolute position of each token
+    slots: torch.Tensor  # (N,) KV slot of each token
+    n_decode: int  # tokens[:n_decode] are single-token rows (each in its own slot)
+    decode_span: int  # decode attention covers slots [0, decode_span)
+    prefill: list[PrefillSegment]
+    segment_first: torch.Tensor  # indices of each row's first token in this step
+    segment_first_has_prev: torch.Tensor  # (len(segment_first),) True where position > 0
+    segment_last: torch.Tensor  # indices of each row's last token (smear state to keep)
+    logit_index: torch.Tensor  # which packed tokens need logits, in output order
+
+    @classmethod
+    def build(
+        cls,
+        decode: list[tuple[int, int, int]],
+        prefill: list[tuple[int, int, list[int]]],
+        logits_for: list[int],
+        device: torch.device | str = "cpu",
+    ) -> StepBatch:
+        """Pack a step.
+
+        decode: (slot, position, token) per decoding row.
+        prefill: (slot, start_position, tokens) per prompt chunk.
+        logits_for: row numbers (decode rows first, then prefill segments) whose last
+        token needs logits, in the order the caller wants them back.
+        """
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        for slot, pos, tok in decode:
+            tokens.append(tok)
+            positions.append(pos)
+            slots.append(slot)
+        segments = []
+        lasts = list(range(len(decode)))
+        firsts = list(range(len(decode)))
+        for slot, start, chunk in prefill:
+            offset = len(tokens)
+            segments.append(PrefillSegment(slot, start, len(chunk), offset))
+            tokens.extend(chunk)
+            positions.extend(range(start, start + len(chunk)))
+            slots.extend([slot] * len(chunk))
+            firsts.append(offset)
+            lasts.append(offset + len(chunk) - 1)
+        as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+        first_pos = [positions[i] for i in firsts]
+        return cls(
+            tokens=as_long(tokens),
+            positions=as_long(positions),
+            slots=as_long(slots),
+            n_decode=len(decode),
+            decode_span=(max(s for s, _, _ in decode) + 1) if decode else 0,
+            prefill=segments,
+            segment_first=as_long(firsts),
+            segment_first_has_prev=torch.tensor([p > 0 for p in first_pos], dtype=torch.bool, device=device),
+            segment_last=as_long(lasts),
+            logit_index=as_long([lasts[r] for r in logits_for]),
+        )
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    # nanochat's parameter-free RMSNorm (eps = machine epsilon of the dtype)
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # Half-split layout, rotating by -theta as nanochat does (only relative angles matter,
+    # but the sign must match the trained weights).
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, spec: GenerationSpec, has_ve: bool):
+        super().__init__()
+        c, hd = config.n_embd, config.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, hd
+        self.c_q = nn.Linear(c, config.n_head * hd, bias=False)
+        self.c_k = nn.Linear(c, config.n_kv_head * hd, bias=False)
+        self.c_v = nn.Linear(c, config.n_kv_head * hd, bias=False)
+        self.c_proj = nn.Linear(c, c, bias=False)
+        self.ve_gate = nn.Linear(spec.ve_gate_channels, config.n_kv_head, bias=False) if has_ve else None
+        self.ve_gate_channels = spec.ve_gate_channels
+        self.ve_gate_scale = spec.ve_gate_scale
+        self.qk_scale = spec.qk_scale
+
+    def project(self, xa: torch.Tensor, ve: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor):
+        """q, k, v for normed input xa of shape (..., C); the last two dims become (heads, head_dim)."""
+        lead = xa.shape[:-1]
+        q = self.c_q(xa).view(*lead, self.n_head, self.head_dim)
+        k = self.c_k(xa).view(*lead, self.n_kv_head, self.head_dim)
+        v = self.c_v(xa).view(*lead, self.n_kv_head, self.head_dim)
+        if self.ve_gate is not None and ve is not None:
+            gate = self.ve_gate_scale * torch.sigmoid(self.ve_gate(xa[..., : self.ve_gate_channels]))
+            v = v + gate.unsqueeze(-1) * ve.view(*lead, self.n_kv_head, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = norm(q), norm(k)
+        if self.qk_scale != 1.0:
+            q, k = q * self.qk_scale, k * self.qk_scale
+        return q, k, v
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, spec: GenerationSpec, has_ve: bool):
+        super().__init__()
+        self.attn = Attention(config, spec, has_ve)
+        self.mlp = MLP(config)
+
+
+def window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
+    """Boolean mask (len(q_pos), len(k_pos)): causal, and at most `window` positions back."""
+    delta = q_pos[:, None] - k_pos[None, :]
+    return (delta >= 0) & (delta <= window)
+
+
+class GPT(nn.Module):
+    """nanochat's GPT for every generation. Build on the meta device, then load weights."""
+
+    def __init__(self, config: ModelConfig, spec: GenerationSpec, rotary_len: int | None = None):
+        super().__init__()
+        self.config, self.spec = config, spec
+        n_layer = config.n_layer
+        padded = config.padded_vocab(spec)
+        # value embeddings sit on alternating layers, always including the last one
+        self.ve_layers = [i for i in range(n_layer) if spec.value_embeds and i % 2 == (n_layer - 1) % 2]
+        self.transformer = nn.ModuleDict({
+            "wte": nn.Embedding(padded, config.n_embd),
+            "h": nn.ModuleList([Block(config, spec, i in self.ve_layers) for i in range(n_layer)]),
+        })
+        self.lm_head = nn.Linear(config.n_embd, padded, bias=False)
+        if spec.resid_lambdas:
+            self.resid_lambdas = nn.Parameter(torch.ones(n_layer))
+            self.x0_lambdas = nn.Parameter(torch.zeros(n_layer))
+        if spec.value_embeds:
+            kv_dim = config.n_kv_head * config.head_dim
+            self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(padded, kv_dim) for i in self.ve_layers})
+        if spec.smear:
+            self.smear_gate = nn.Linear(24, 1, bias=False)
+            self.smear_lambda = nn.Parameter(torch.zeros(1))
+        if spec.backout:
+            self.backout_lambda = nn.Parameter(torch.zeros(1))
+        self.windows = spec.window_sizes(n_layer, config.sequence_len, config.window_pattern)
+        self.rotary_len = max(rotary_len or 0, config.sequence_len)
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+
+    # ------------------------------------------------------------------ set-up
+    def init_rotary(self) -> None:
+        """Build the rotary tables on the weights' device, in the weights' dtype."""
+        device, dtype = self.lm_head.weight.device, self.lm_head.weight.dtype
+        hd = self.config.head_dim
+        channels = torch.arange(0, hd, 2, dtype=torch.float32, device=device)
+        inv_freq = 1.0 / (self.spec.rotary_base ** (channels / hd))
+        t = torch.arange(self.rotary_len, dtype=torch.float32, device=device)
+        freqs = torch.outer(t, inv_freq)
+        cos, sin = freqs.cos(), freqs.sin()
+        if self.spec.bf16_rotary_tables:
+            # These generations rounded the tables to bf16 even for fp32 compute; the trained
+            # weights expect that rounding (3e-3 logit difference otherwise).
+            cos, sin = cos.bfloat16(), sin.bfloat16()
+        self.cos, self.sin = cos.to(dtype), sin.to(dtype)
+
+    # ------------------------------------------------------------ shared parts
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        return norm(self.transformer.wte(idx))
+
+    def _smear_gate(self, e: torch.Tensor) -> torch.Tensor:
+        return self.smear_lambda * torch.sigmoid(self.smear_gate(e[..., :24]))
+
+    def _pre_block(self, i: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        if self.spec.resid_lambdas:
+            return self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+        return x
+
+    def _value_embed(self, i: int, idx: torch.Tensor) -> torch.Tensor | None:
+        return self.value_embeds[str(i)](idx) if i in self.ve_layers else None
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(norm(x))[..., : self.config.vocab_size].float()
+        cap = self.spec.softcap
+        return cap * torch.tanh(logits / cap)
+
+    # --------------------------------------------------------- no-cache forward
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, vocab_size) as float32 for token ids (B, T), causal, no KV cache."""
+        B, T = idx.shape
+        if T > self.rotary_len:
+            raise ValueError(f"sequence of {T} tokens exceeds the rotary table ({self.rotary_len})")
+        cos, sin = self.cos[:T, None, :], self.sin[:T, None, :]  # broadcast over heads
+        x = self._embed(idx)
+        if self.spec.smear and T > 1:
+            x = torch.cat([x[:, :1], x[:, 1:] + self._smear_gate(x[:, 1:]) * x[:, :-1]], dim=1)
+        x0, x_backout = x, None
+        pos = torch.arange(T, device=idx.device)
+        masks: dict[int, torch.Tensor | None] = {}
+        for i, block in enumerate(self.transformer.h):
+            x = self._pre_block(i, x, x0)
+            q, k, v = block.attn.project(norm(x), self._value_embed(i, idx), cos, sin)
+            w = self.windows[i]
+            if w not in masks:
+                masks[w] = None if w >= T - 1 else window_mask(pos, pos, w)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            if masks[w] is None:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=masks[w], enable_gqa=True)
+            x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+            x = x + block.mlp(norm(x))
+            if self.spec.backout and i == self.config.n_layer // 2:
+                x_backout = x
+        if x_backout is not None:
+            x = x - self.backout_lambda * x_backout
+        return self._logits(x)
+
+    # ------------------------------------------------ continuous-batching step
+    def forward_step(self, batch: StepBatch, cache: KVStore) -> torch.Tensor:
+        """Run one packed step, writing K/V into the slot cache.
+
+        Returns float32 logits (len(batch.logit_index), vocab_size).
+        """
+        idx, pos = batch.tokens, batch.positions
+        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+        e = self._embed(idx)
+        x = self._smear_step(e, batch, cache) if self.spec.smear else e
+        x0, x_backout = x, None
+        decode_masks: dict[int, tuple[int, torch.Tensor]] = {}
+        prefill_masks: dict[tuple[int, int], tuple[int, torch.Tensor | None]] = {}
+        n_dec = batch.n_decode
+        for i, block in enumerate(self.transformer.h):
+            x = self._pre_block(i, x, x0)
+            q, k, v = block.attn.project(norm(x), self._value_embed(i, idx), cos, sin)
+            kc, vc = cache.k[i], cache.v[i]
+            # Scatter this step's keys/values to (slot, position) in the cache.
+            kc[batch.slots, :, pos] = k.to(kc.dtype)
+            vc[batch.slots, :, pos] = v.to(vc.dtype)
+            w = self.windows[i]
+            parts = []
+            if n_dec:
+                parts.append(self._decode_attention(q[:n_dec], kc, vc, batch, w, decode_masks))
+            for seg_no, seg in enumerate(batch.prefill):
+                parts.append(self._prefill_attention(q, kc, vc, seg, seg_no, w, prefill_masks))
+            y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            x = x + block.attn.c_proj(y.to(x.dtype))
+            x = x + block.mlp(norm(x))
+            if self.spec.backout and i == self.config.n_layer // 2:
+                x_backout = x
+        if x_backout is not None:
+            x = x - self.backout_lambda * x_backout
+        return self._logits(x[batch.logit_index])
+
+    def _smear_step(self, e: torch.Tensor, batch: StepBatch, cache: KVStore) -> torch.Tensor:
+        # The previous embedding of a row's first token in this step comes from the slot's
+        # saved state (a decode step or a later prefill chunk); inside a chunk it is the
+        # previous packed token. Position 0 has no predecessor.
+        prev = torch.empty_like(e)
+        prev[1:] = e[:-1]
+        first = batch.segment_first
+        saved = cache.prev_embed[batch.slots[first]].to(e.dtype)
+        prev[first] = saved * batch.segment_first_has_prev[:, None].to(e.dtype)
+        cache.prev_embed[batch.slots[batch.segment_last]] = e[batch.segment_last].to(cache.prev_embed.dtype)
+        return e + self._smear_gate(e) * prev
+
+    def _decode_attention(self, q, kc, vc, batch: StepBatch, window: int, masks) -> torch.Tensor:
+        # All decode rows attend in one batched call over the slot range [0, decode_span):
+        # a strided view of the cache, no gather. Slots in the range that are not decoding
+        # get a dummy query that only sees one key, and their output is dropped.
+        n_dec, span = batch.n_decode, batch.decode_span
+        if window not in masks:
+            dec_slots, dec_pos = batch.slots[:n_dec], batch.positions[:n_dec]
+            hi = int(dec_pos.max()) + 1
+            lo = max(0, int(dec_pos.min()) - window)
+            row_pos = torch.full((span,), lo, dtype=torch.long, device=q.device)
+            row_pos[dec_slots] = dec_pos
+            k_pos = torch.arange(lo, hi, device=q.device)
+            masks[window] = (lo, window_mask(row_pos, k_pos, window)[:, None, None, :])
+        lo, mask = masks[window]
+        hi = lo + mask.shape[-1]
+        qf = q.new_zeros(span, self.config.n_head, 1, self.config.head_dim)
+        qf[batch.slots[:n_dec], :, 0] = q.to(qf.dtype)
+        k = kc[:span, :, lo:hi]
+        v = vc[:span, :, lo:hi]
+        y = F.scaled_dot_product_attention(qf.to(k.dtype), k, v, attn_mask=mask, enable_gqa=True)
+        return y[batch.slots[:n_dec], :, 0].reshape(n_dec, -1)
+
+    def _prefill_attention(self, q, kc, vc, seg: PrefillSegment, seg_no: int, window: int, masks):
+        key = (seg_no, window)
+        end = seg.start + seg.length
+        if key not in masks:
+            lo = max(0, seg.start - window)
+            if lo == 0 and seg.start == 0 and window >= seg.length - 1:
+                masks[key] = (0, None)  # plain causal from position 0
+            else:
+                q_pos = torch.arange(seg.start, end, device=q.device)
+                masks[key] = (lo, window_mask(q_pos, torch.arange(lo, end, device=q.device), window))
+        lo, mask = masks[key]
+        qs = q[seg.offset : seg.offset + seg.length].transpose(0, 1)[None]  # (1, H, T, D)
+        k = kc[seg.slot : seg.slot + 1, :, lo:end]
+        v = vc[seg.slot : seg.slot + 1, :, lo:end]
+        qs = qs.to(k.dtype)
+        if mask is None:
+            y = F.scaled_dot_product_attention(qs, k, v, is_causal=True, enable_gqa=True)
+        else:
+            y = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, enable_gqa=True)
+        return y[0].transpose(0, 1).reshape(seg.length, -1)
+
+    # ------------------------------------------------------------------- facts
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
