@@ -87,6 +87,7 @@ class StepBatch:
     slots: torch.Tensor  # (N,) KV slot of each token
     n_decode: int  # tokens[:n_decode] are single-token rows (each in its own slot)
     decode_span: int  # decode attention covers slots [0, decode_span)
+    decode_dense: bool  # decode rows are exactly slots 0..n_decode-1 in order: no scatter/gather
     prefill: list[PrefillSegment]
     segment_first: torch.Tensor  # indices of each row's first token in this step
     segment_first_has_prev: torch.Tensor  # (len(segment_first),) True where position > 0
@@ -134,6 +135,7 @@ class StepBatch:
             slots=as_long(slots),
             n_decode=len(decode),
             decode_span=(max(s for s, _, _ in decode) + 1) if decode else 0,
+            decode_dense=[s for s, _, _ in decode] == list(range(len(decode))),
             prefill=segments,
             segment_first=as_long(firsts),
             segment_first_has_prev=torch.tensor([p > 0 for p in first_pos], dtype=torch.bool, device=device),
@@ -321,13 +323,17 @@ class GPT(nn.Module):
         decode_masks: dict[int, tuple[int, torch.Tensor]] = {}
         prefill_masks: dict[tuple[int, int], tuple[int, torch.Tensor | None]] = {}
         n_dec = batch.n_decode
+        kv_rows = None
         for i, block in enumerate(self.transformer.h):
             x = self._pre_block(i, x, x0)
             q, k, v = block.attn.project(norm(x), self._value_embed(i, idx), cos, sin)
             kc, vc = cache.k[i], cache.v[i]
-            # Scatter this step's keys/values to (slot, position) in the cache.
-            kc[batch.slots, :, pos] = k.to(kc.dtype)
-            vc[batch.slots, :, pos] = v.to(vc.dtype)
+            # Scatter this step's keys/values to (slot, head, position) rows of the cache,
+            # viewed as a flat list of head_dim vectors: index_copy_ is much cheaper than
+            # advanced-index assignment.
+            kv_rows = kv_rows if kv_rows is not None else self._kv_rows(batch, kc)
+            kc.view(-1, kc.shape[-1]).index_copy_(0, kv_rows, k.reshape(-1, k.shape[-1]).to(kc.dtype))
+            vc.view(-1, vc.shape[-1]).index_copy_(0, kv_rows, v.reshape(-1, v.shape[-1]).to(vc.dtype))
             w = self.windows[i]
             parts = []
             if n_dec:
@@ -341,7 +347,18 @@ class GPT(nn.Module):
                 x_backout = x
         if x_backout is not None:
             x = x - self.backout_lambda * x_backout
+        if self.spec.smear:
+            # Saved only after every layer ran, so a step that raises leaves the state intact.
+            last = batch.segment_last
+            cache.prev_embed[batch.slots[last]] = e[last].to(cache.prev_embed.dtype)
         return self._logits(x[batch.logit_index])
+
+    @staticmethod
+    def _kv_rows(batch: StepBatch, kc: torch.Tensor) -> torch.Tensor:
+        """Row of each (token, kv head) in a layer's cache flattened to (-1, head_dim)."""
+        _, n_kv, max_len, _ = kc.shape
+        heads = torch.arange(n_kv, device=kc.device)
+        return ((batch.slots[:, None] * n_kv + heads[None, :]) * max_len + batch.positions[:, None]).reshape(-1)
 
     def _smear_step(self, e: torch.Tensor, batch: StepBatch, cache: KVStore) -> torch.Tensor:
         # The previous embedding of a row's first token in this step comes from the slot's
@@ -352,7 +369,6 @@ class GPT(nn.Module):
         first = batch.segment_first
         saved = cache.prev_embed[batch.slots[first]].to(e.dtype)
         prev[first] = saved * batch.segment_first_has_prev[:, None].to(e.dtype)
-        cache.prev_embed[batch.slots[batch.segment_last]] = e[batch.segment_last].to(cache.prev_embed.dtype)
         return e + self._smear_gate(e) * prev
 
     def _decode_attention(self, q, kc, vc, batch: StepBatch, window: int, masks) -> torch.Tensor:
@@ -370,11 +386,14 @@ class GPT(nn.Module):
             masks[window] = (lo, window_mask(row_pos, k_pos, window)[:, None, None, :])
         lo, mask = masks[window]
         hi = lo + mask.shape[-1]
-        qf = q.new_zeros(span, self.config.n_head, 1, self.config.head_dim)
-        qf[batch.slots[:n_dec], :, 0] = q.to(qf.dtype)
         k = kc[:span, :, lo:hi]
         v = vc[:span, :, lo:hi]
-        y = F.scaled_dot_product_attention(qf.to(k.dtype), k, v, attn_mask=mask, enable_gqa=True)
+        if batch.decode_dense:
+            y = F.scaled_dot_product_attention(q[:, :, None].to(k.dtype), k, v, attn_mask=mask, enable_gqa=True)
+            return y.reshape(n_dec, -1)
+        qf = q.new_zeros(span, self.config.n_head, 1, self.config.head_dim, dtype=k.dtype)
+        qf[batch.slots[:n_dec], :, 0] = q.to(qf.dtype)
+        y = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, enable_gqa=True)
         return y[batch.slots[:n_dec], :, 0].reshape(n_dec, -1)
 
     def _prefill_attention(self, q, kc, vc, seg: PrefillSegment, seg_no: int, window: int, masks):
