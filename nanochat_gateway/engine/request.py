@@ -1,0 +1,66 @@
+"""What the engine is asked to do, and what it answers, independent of HTTP."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingParams:
+    """Per-request sampling. temperature 0 is greedy; top_k 0 and top_p 1 are off."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    def resolved_seed(self) -> int:
+        # A missing seed means fresh randomness per request (nanochat's fixed default of 42
+        # would make every unseeded request sample the same way).
+        if self.seed is None:
+            self.seed = secrets.randbits(63)
+        return self.seed
+
+
+@dataclass
+class GenerationRequest:
+    """A tokenized prompt and how to continue it."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    n: int = 1
+    request_id: str = ""
+    stop_token_ids: frozenset[int] = frozenset()
+    queue_timeout_s: float = 60.0
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token_id, logprob), best first
+
+
+@dataclass(slots=True)
+class ChoiceDelta:
+    """New tokens of one choice from one engine step; finish_reason set on its last delta."""
+
+    index: int
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+
+
+class EngineError(Exception):
+    """A request-level failure: kind is overloaded | timeout | internal | invalid | shutdown."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind, self.message = kind, message

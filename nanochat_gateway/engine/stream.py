@@ -1,0 +1,130 @@
+"""RequestStream: the asyncio side of one submitted request.
+
+The executor thread never touches these objects directly: once per step it hands a
+list of (stream, items) to the event loop with a single ``call_soon_threadsafe``, and
+``push`` runs on the loop. Handlers ``await stream.next_items()`` (or iterate) and call
+``cancel`` when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest
+
+if TYPE_CHECKING:
+    from nanochat_gateway.engine.executor import DeviceExecutor
+
+
+class Admitted:
+    """Marker item: the request left the queue and holds KV slots."""
+
+
+ADMITTED = Admitted()
+StreamItem = ChoiceDelta | EngineError | Admitted
+
+
+class RequestStream:
+    """Token deltas of one request, in order, as the engine produces them."""
+
+    def __init__(self, request: GenerationRequest, executor: DeviceExecutor, loop: asyncio.AbstractEventLoop):
+        self.request = request
+        self.executor = executor
+        self._loop = loop
+        self._items: list[StreamItem] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._open_choices = set(range(request.n))
+        self.admitted = False
+        self.error: EngineError | None = None
+        self.cancelled = False
+        self.completion_tokens = [0] * request.n
+        self.finish_reasons: list[str | None] = [None] * request.n
+        now = time.monotonic()
+        self.submitted_at = now
+        self.admitted_at: float | None = None
+        self.first_token_at: float | None = None
+        self.finished_at: float | None = None
+        self._on_finish: list[Callable[[RequestStream], None]] = []
+
+    # ------------------------------------------------------------- loop side
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.request.prompt_ids)
+
+    def add_finish_callback(self, callback: Callable[[RequestStream], None]) -> None:
+        if self.finished:
+            callback(self)
+        else:
+            self._on_finish.append(callback)
+
+    def push(self, items: list[StreamItem]) -> None:
+        """Called on the loop by the executor bridge with this step's items."""
+        if self.finished:
+            return
+        now = time.monotonic()
+        for item in items:
+            if isinstance(item, ChoiceDelta):
+                if item.token_ids:
+                    self.completion_tokens[item.index] += len(item.token_ids)
+                    if self.first_token_at is None:
+                        self.first_token_at = now
+                if item.finish_reason is not None:
+                    self.finish_reasons[item.index] = item.finish_reason
+                    self._open_choices.discard(item.index)
+            elif isinstance(item, EngineError):
+                self.error = item
+                self._open_choices.clear()
+            elif item is ADMITTED:
+                self.admitted, self.admitted_at = True, now
+        self._items.extend(items)
+        if not self._open_choices:
+            self._finish(now)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _finish(self, now: float) -> None:
+        self.finished_at = now
+        callbacks, self._on_finish = self._on_finish, []
+        for callback in callbacks:
+            callback(self)
+
+    async def next_items(self, timeout: float | None = None) -> list[StreamItem]:
+        """Wait for new items; [] on timeout or once everything has been delivered."""
+        while not self._items:
+            if self.finished:
+                return []
+            self._waiter = self._loop.create_future()
+            try:
+                if timeout is None:
+                    await self._waiter
+                else:
+                    await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
+            except TimeoutError:
+                return []
+            finally:
+                self._waiter = None
+        items, self._items = self._items, []
+        return items
+
+    async def __aiter__(self) -> AsyncIterator[StreamItem]:
+        while True:
+            items = await self.next_items()
+            if not items:
+                return
+            for item in items:
+                yield item
+
+    def cancel(self, choice: int | None = None) -> None:
+        """Stop generating (one choice, or all). The slot is freed at the next step."""
+        if self.finished:
+            return
+        if choice is None:
+            self.cancelled = True
+        self.executor.cancel(self, choice)
