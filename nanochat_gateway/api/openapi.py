@@ -1,0 +1,244 @@
+"""OpenAPI 3.1 description of the gateway, generated from the pydantic models in ``schemas``.
+
+OpenAPI 3.1 uses JSON Schema 2020-12, so pydantic's output is embedded as is; every model lands
+in ``components/schemas`` under its class name. Request bodies use the validation schema (what is
+accepted), responses the serialisation schema (what is sent).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from nanochat_gateway import __version__
+from nanochat_gateway.api import schemas
+
+__all__ = ["build_openapi"]
+
+_REF = "#/components/schemas/{model}"
+
+_REQUEST_MODELS: tuple[type[BaseModel], ...] = (schemas.ChatCompletionRequest, schemas.CompletionRequest)
+_RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    schemas.ChatCompletion,
+    schemas.ChatCompletionChunk,
+    schemas.Completion,
+    schemas.Model,
+    schemas.ModelList,
+    schemas.ErrorResponse,
+)
+
+# Error statuses each kind of route can answer with, and what they mean here.
+_ERROR_DESCRIPTIONS = {
+    "400": "Invalid request: `param` names the offending field.",
+    "401": "Missing or wrong API key (only when API keys are configured).",
+    "404": "Unknown model (`code: model_not_found`).",
+    "413": "Request body too large.",
+    "429": "Rate limit exceeded; see Retry-After.",
+    "500": "Internal server error.",
+    "503": "Overloaded, still loading, or shutting down; see Retry-After.",
+    "504": "The request timed out in the queue or during generation.",
+}
+_GENERATION_ERRORS = ("400", "401", "404", "413", "429", "500", "503", "504")
+_MODEL_ERRORS = ("401", "404", "500")
+_RETRYABLE = ("429", "503")
+
+
+def _component_schemas() -> tuple[dict[str, Any], dict[str, str]]:
+    """All model schemas under their component names, plus a class-name -> $ref map."""
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in _REQUEST_MODELS]
+    models += [(m, "serialization") for m in _RESPONSE_MODELS]
+    refs_by_key, top = models_json_schema(models, ref_template=_REF)
+    refs = {model.__name__: ref["$ref"] for (model, _mode), ref in refs_by_key.items()}
+    return top.get("$defs", {}), refs
+
+
+def _json(ref: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": ref}}}
+
+
+def _error_responses(codes: tuple[str, ...]) -> dict[str, Any]:
+    return {code: {"$ref": f"#/components/responses/Error{code}"} for code in codes}
+
+
+def _ok(description: str, content: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"x-request-id": {"$ref": "#/components/headers/RequestId"}},
+        "content": content,
+    }
+
+
+def _generation_operation(
+    op_id: str, summary: str, request_ref: str, response_ref: str, chunk_ref: str
+) -> dict[str, Any]:
+    return {
+        "operationId": op_id,
+        "summary": summary,
+        "requestBody": {"required": True, "content": _json(request_ref)},
+        "responses": {
+            "200": _ok(
+                "The completion. With `stream: true`, a `text/event-stream` of `data: <chunk JSON>` events "
+                "ending with `data: [DONE]`; keep-alives are `:` comments. An error after the stream has "
+                'started arrives as a `data: {"error": {...}}` event.',
+                {
+                    **_json(response_ref),
+                    # As in OpenAI's own spec: the schema describes each event's data payload.
+                    "text/event-stream": {"schema": {"$ref": chunk_ref}},
+                },
+            ),
+            **_error_responses(_GENERATION_ERRORS),
+        },
+    }
+
+
+def _plain_operation(
+    op_id: str, summary: str, description: str, content: dict[str, Any], errors: tuple[str, ...]
+) -> dict[str, Any]:
+    return {
+        "operationId": op_id,
+        "summary": summary,
+        "security": [],
+        "responses": {"200": _ok(description, content), **_error_responses(errors)},
+    }
+
+
+def _pin_model(components: dict[str, Any], model_id: str) -> None:
+    # A gateway serves exactly one model, so the doc can say which (fuzzers then send the right one).
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        prop = components[name]["properties"]["model"]
+        prop["enum"] = [model_id]
+        prop["examples"] = [model_id]
+
+
+def build_openapi(
+    model_id: str | None = None, *, title: str = "nanochat-gateway", version: str = __version__
+) -> dict[str, Any]:
+    """Build the OpenAPI 3.1 document; with ``model_id`` the ``model`` fields are pinned to that id."""
+    components, refs = _component_schemas()  # fresh dicts on every call, so safe to edit
+    if model_id is not None:
+        _pin_model(components, model_id)
+    model_param: dict[str, Any] = {
+        "name": "model",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    if model_id is not None:
+        model_param["schema"]["examples"] = [model_id]
+    any_object = {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}
+
+    paths: dict[str, Any] = {
+        "/v1/chat/completions": {
+            "post": _generation_operation(
+                "createChatCompletion",
+                "Create a chat completion (OpenAI-compatible)",
+                refs["ChatCompletionRequest"],
+                refs["ChatCompletion"],
+                refs["ChatCompletionChunk"],
+            )
+        },
+        "/v1/completions": {
+            "post": _generation_operation(
+                "createCompletion",
+                "Create a text completion (legacy OpenAI API)",
+                refs["CompletionRequest"],
+                refs["Completion"],
+                refs["Completion"],
+            )
+        },
+        "/v1/models": {
+            "get": {
+                "operationId": "listModels",
+                "summary": "List the served model",
+                "responses": {
+                    "200": _ok("The served models.", _json(refs["ModelList"])),
+                    **_error_responses(("401", "500")),
+                },
+            }
+        },
+        "/v1/models/{model}": {
+            "get": {
+                "operationId": "retrieveModel",
+                "summary": "Describe one model",
+                "parameters": [model_param],
+                "responses": {
+                    "200": _ok("The model.", _json(refs["Model"])),
+                    **_error_responses(_MODEL_ERRORS),
+                },
+            }
+        },
+        "/health": {
+            "get": _plain_operation(
+                "health",
+                "Liveness",
+                "The process is up (says nothing about the model).",
+                any_object,
+                ("500",),
+            )
+        },
+        "/ready": {
+            "get": _plain_operation(
+                "ready", "Readiness", "The model is loaded and requests are accepted.", any_object, ("503",)
+            )
+        },
+        "/stats": {
+            "get": _plain_operation(
+                "stats",
+                "Engine statistics",
+                "Queue, batch and throughput figures as JSON.",
+                any_object,
+                ("500",),
+            )
+        },
+        "/metrics": {
+            "get": _plain_operation(
+                "metrics",
+                "Prometheus metrics",
+                "Metrics in the Prometheus text exposition format.",
+                {"text/plain": {"schema": {"type": "string"}}},
+                ("500",),
+            )
+        },
+    }
+
+    retry_after = {"$ref": "#/components/headers/RetryAfter"}
+    responses = {
+        f"Error{code}": {
+            "description": description,
+            "headers": {
+                "x-request-id": {"$ref": "#/components/headers/RequestId"},
+                **({"Retry-After": retry_after} if code in _RETRYABLE else {}),
+            },
+            "content": _json(refs["ErrorResponse"]),
+        }
+        for code, description in _ERROR_DESCRIPTIONS.items()
+    }
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "OpenAI-compatible API for nanochat checkpoints. Unknown request fields are accepted and ignored.",
+        },
+        "paths": paths,
+        # Either a bearer key or nothing: API keys are optional in the server configuration.
+        "security": [{"bearerAuth": []}, {}],
+        "components": {
+            "schemas": components,
+            "responses": responses,
+            "headers": {
+                "RequestId": {
+                    "description": "Identifier of this request, also in the logs.",
+                    "schema": {"type": "string"},
+                },
+                "RetryAfter": {
+                    "description": "Seconds to wait before retrying.",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+            },
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        },
+    }

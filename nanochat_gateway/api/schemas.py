@@ -1,0 +1,631 @@
+"""Pydantic models for the OpenAI-compatible API: request bodies first, then response bodies.
+
+Requests are lenient where clients are noisy and strict where a silent ignore would mislead:
+- Unknown fields are accepted and kept in ``model_extra`` (the openai SDK and frameworks send many
+  fields by default; a 422 on them breaks clients). Call ``unknown_fields()`` to log them.
+- Types are strict (no ``"0.7"`` or ``true`` for a number), so what is accepted is what the JSON
+  schema in ``openapi.py`` describes; as in JSON Schema, ``1.0`` counts as the integer 1.
+- ``null`` for a field with a non-null default (``n``, ``stream``, ``logprobs``, ``echo``,
+  ``stream_options.include_usage``) means "use the default", as the OpenAI spec marks them nullable.
+- Features this server cannot honour (tools, JSON mode, audio, images, ...) are rejected with a
+  pydantic error located at the field, so ``errors.validation_error_to_api_error`` turns any
+  problem into a 400 whose ``param`` names it (e.g. ``messages.0.content.1.type``).
+
+Responses are plain models. Build them with ``model_construct()`` on hot paths (no validation)
+and serialise them with ``dump()`` / ``dump_chunk()``, which run in pydantic-core and omit the
+keys the OpenAI stream omits (null ``role``/``content`` in deltas, ``usage`` unless requested).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
+
+__all__ = [
+    "AssistantMessage",
+    "ChatChoice",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatLogprobs",
+    "ChatMessage",
+    "ChunkChoice",
+    "Completion",
+    "CompletionChoice",
+    "CompletionLogprobs",
+    "CompletionRequest",
+    "ContentPart",
+    "Delta",
+    "ErrorBody",
+    "ErrorResponse",
+    "Model",
+    "ModelList",
+    "RequestModel",
+    "ResponseFormat",
+    "StreamOptions",
+    "TokenLogprob",
+    "TopLogprob",
+    "Usage",
+    "dump",
+    "dump_chunk",
+]
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+MAX_STOP_SEQUENCES = 4
+MAX_N = 128
+MAX_BEST_OF = 20
+
+
+def _integral_float_to_int(value: Any) -> Any:
+    # JSON Schema counts 1.0 as an integer and some clients serialise ints that way; 1.5 still fails.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Goes after any Field(...) constraints so pydantic still emits them as JSON-schema minimum/maximum.
+_INTEGRAL = BeforeValidator(_integral_float_to_int)
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+TokenId = Annotated[int, Field(ge=0), _INTEGRAL]
+StopField = (
+    NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1, max_length=MAX_STOP_SEQUENCES)] | None
+)
+
+
+def _unsupported(message: str) -> PydanticCustomError:
+    # The custom error type becomes the APIError code, as OpenAI's own "unsupported_parameter".
+    return PydanticCustomError("unsupported_parameter", message)
+
+
+def _requires(field: str, other: str, value: Any) -> dict[str, Any]:
+    """JSON-schema clause: when ``field`` is set (non-null), ``other`` must equal ``value``."""
+    return {
+        "if": {"properties": {field: {"not": {"type": "null"}}}, "required": [field]},
+        "then": {"properties": {other: {"const": value}}, "required": [other]},
+    }
+
+
+_STREAM_OPTIONS_NEED_STREAM = _requires("stream_options", "stream", True)
+# best_of must equal n (n defaults to 1); JSON Schema cannot compare fields, so list each allowed pair.
+_BEST_OF_EQUALS_N = {
+    "anyOf": [
+        {"properties": {"best_of": {"type": "null"}}},
+        # n may be absent or null only when it is the default 1.
+        {"properties": {"best_of": {"const": 1}, "n": {"enum": [1, None]}}},
+        *(
+            {"properties": {"best_of": {"const": k}, "n": {"const": k}}, "required": ["n"]}
+            for k in range(2, MAX_BEST_OF + 1)
+        ),
+    ]
+}
+
+
+# === requests ===================================================================================
+
+
+class RequestModel(BaseModel):
+    """Base of every request body: accepts unknown fields and maps ``null`` to defaults where asked."""
+
+    # Strict types, as OpenAI checks them: a bool or "0.5" is not a number.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    # Fields whose explicit null means "use the default" (the OpenAI spec marks them nullable).
+    null_means_default: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls_for_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.null_means_default:
+            return {k: v for k, v in data.items() if not (v is None and k in cls.null_means_default)}
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # Advertise that null is accepted for these fields, as the OpenAI spec does.
+        json_schema = handler.resolve_ref_schema(handler(core_schema))
+        properties = json_schema.get("properties", {})
+        for name in cls.null_means_default:
+            prop = properties.get(name)
+            if prop is not None and "type" in prop:
+                properties[name] = {**prop, "type": [prop["type"], "null"]}
+        return json_schema
+
+    def unknown_fields(self) -> list[str]:
+        """Names of fields sent by the client that this server does not know (sorted, for logging)."""
+        return sorted(self.model_extra or {})
+
+
+class ContentPart(RequestModel):
+    """A message content part; only ``{"type": "text", "text": ...}`` is supported."""
+
+    type: Literal["text"]
+    text: str
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _only_text(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "text":
+            raise PydanticCustomError(
+                "unsupported_value",
+                "content part type '{part_type}' is not supported; this model accepts only 'text' parts",
+                {"part_type": value},
+            )
+        return value
+
+
+class ChatMessage(RequestModel):
+    """One chat message. ``developer`` is the newer name of ``system``; ``function`` is deprecated."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The content as one string: text parts are joined with "\\n", missing content is "".
+
+        OpenAI's docs do not say how parts combine; "\\n" matches vLLM and TensorRT-LLM and keeps
+        parts from running into each other (a part is usually a paragraph, not a word fragment).
+        """
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content)
+
+
+class StreamOptions(RequestModel):
+    """Options for streamed responses; only ``include_usage`` has an effect."""
+
+    null_means_default: ClassVar[frozenset[str]] = frozenset({"include_usage"})
+
+    include_usage: bool = False
+
+
+class ResponseFormat(RequestModel):
+    """``response_format``: only plain text output is supported."""
+
+    type: Literal["text"]
+
+
+class _GenerationRequest(RequestModel):
+    """Fields shared by chat and legacy completions (declared before any field that depends on them)."""
+
+    null_means_default: ClassVar[frozenset[str]] = frozenset({"n", "stream"})
+
+    model: NonEmptyStr
+    temperature: Annotated[float | None, Field(ge=0, le=2, description="0 means greedy decoding.")] = None
+    top_p: Annotated[float | None, Field(gt=0, le=1)] = None
+    top_k: Annotated[
+        int | None,
+        Field(ge=0, description="Extension: sample from the k most likely tokens; 0 or null disables."),
+        _INTEGRAL,
+    ] = None
+    n: Annotated[int, Field(ge=1, le=MAX_N), _INTEGRAL] = 1
+    stop: Annotated[
+        StopField, Field(description="One stop sequence, or a list of 1-4. Excluded from the output.")
+    ] = None
+    seed: Annotated[int | None, Field(ge=INT64_MIN, le=INT64_MAX), _INTEGRAL] = None
+    presence_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
+    frequency_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
+    logit_bias: Annotated[
+        dict[str, Annotated[float, Field(ge=-100, le=100)]] | None,
+        Field(
+            description="Token id (as a decimal string) to a bias from -100 to 100.",
+            json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}},
+        ),
+    ] = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            # isdecimal() alone accepts non-ASCII digits such as "٣", which int() would also take.
+            if not (key.isascii() and key.isdecimal()):
+                raise PydanticCustomError(
+                    "invalid_value",
+                    "keys must be token ids written as decimal strings (got key '{key}')",
+                    {"key": key},
+                )
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream", False):
+            raise PydanticCustomError("invalid_value", "only allowed when stream is true")
+        return value
+
+    def stop_sequences(self) -> list[str]:
+        """``stop`` as a list (empty when not given)."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def token_logit_bias(self) -> dict[int, float]:
+        """``logit_bias`` with integer token ids (empty when not given)."""
+        return {int(k): v for k, v in (self.logit_bias or {}).items()}
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a final usage chunk (and ``usage: null`` on other chunks) was requested."""
+        return self.stream and self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    """Body of ``POST /v1/chat/completions``."""
+
+    null_means_default: ClassVar[frozenset[str]] = frozenset({"n", "stream", "logprobs"})
+    # The cross-field rules enforced by the validators below, stated in the JSON schema too.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [_STREAM_OPTIONS_NEED_STREAM, _requires("top_logprobs", "logprobs", True)]
+        }
+    )
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[
+        int | None, Field(ge=1, description="Deprecated alias of max_completion_tokens."), _INTEGRAL
+    ] = None
+    max_completion_tokens: Annotated[int | None, Field(ge=1), _INTEGRAL] = None
+    logprobs: bool = False
+    top_logprobs: Annotated[
+        int | None, Field(ge=0, le=20, description="Requires logprobs: true."), _INTEGRAL
+    ] = None
+
+    # Accepted only in their "off" form: a silent ignore would hand back output the client did not ask for.
+    tools: Annotated[
+        list[Any] | None,
+        Field(description="Not supported: omit, null or [].", json_schema_extra={"maxItems": 0}),
+    ] = None
+    tool_choice: Annotated[
+        Literal["none"] | None, Field(description="Not supported: omit, null or 'none'.")
+    ] = None
+    functions: Annotated[
+        list[Any] | None,
+        Field(description="Not supported: omit, null or [].", json_schema_extra={"maxItems": 0}),
+    ] = None
+    function_call: Annotated[
+        Literal["none"] | None, Field(description="Not supported: omit, null or 'none'.")
+    ] = None
+    response_format: Annotated[ResponseFormat | None, Field(description="Only {'type': 'text'}.")] = None
+    audio: Annotated[None, Field(description="Not supported: omit or null.")] = None
+    modalities: Annotated[list[Literal["text"]] | None, Field(description="Only ['text'].")] = None
+    prediction: Annotated[None, Field(description="Not supported: omit or null.")] = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs", False):
+            raise PydanticCustomError("invalid_value", "requires logprobs to be true")
+        return value
+
+    @field_validator("tools", "functions", mode="before")
+    @classmethod
+    def _no_tools(cls, value: Any) -> Any:
+        if value not in (None, []):
+            raise _unsupported("tool and function calling are not supported by this server")
+        return value
+
+    @field_validator("tool_choice", "function_call", mode="before")
+    @classmethod
+    def _no_tool_choice(cls, value: Any) -> Any:
+        if value not in (None, "none"):
+            raise _unsupported("tool and function calling are not supported by this server")
+        return value
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _text_format_only(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("type", "text") != "text":
+            raise PydanticCustomError(
+                "unsupported_value",
+                "response format '{format}' is not supported; only 'text' is",
+                {"format": value.get("type")},
+            )
+        return value
+
+    @field_validator("audio", "prediction", mode="before")
+    @classmethod
+    def _not_supported(cls, value: Any) -> Any:
+        if value is not None:
+            raise _unsupported("not supported by this server")
+        return value
+
+    @field_validator("modalities", mode="before")
+    @classmethod
+    def _text_modality_only(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(m != "text" for m in value):
+            raise PydanticCustomError("unsupported_value", "only the 'text' modality is supported")
+        return value
+
+    def effective_max_tokens(self) -> int | None:
+        """The completion-token budget: ``max_completion_tokens`` wins over ``max_tokens``; None if neither."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class CompletionRequest(_GenerationRequest):
+    """Body of the legacy ``POST /v1/completions``.
+
+    ``prompt`` may be a string, a list with one string, a list of token ids, or a list with one
+    list of token ids. Batched prompts (several per request) are rejected: send one request per
+    prompt (``n`` still gives several choices for one prompt).
+    """
+
+    null_means_default: ClassVar[frozenset[str]] = frozenset({"n", "stream", "echo"})
+    model_config = ConfigDict(json_schema_extra={"allOf": [_STREAM_OPTIONS_NEED_STREAM, _BEST_OF_EQUALS_N]})
+
+    prompt: Annotated[
+        str | list[str] | list[TokenId] | list[list[TokenId]],
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+                    {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+                    {
+                        "type": "array",
+                        "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+                        "minItems": 1,
+                        "maxItems": 1,
+                    },
+                ],
+                "description": "One prompt: text or token ids. Batched prompts are rejected.",
+            }
+        ),
+    ]
+    max_tokens: Annotated[
+        int | None,
+        Field(ge=1, description="Defaults to 16 as in OpenAI's API; null means up to the context limit."),
+        _INTEGRAL,
+    ] = 16
+    logprobs: Annotated[
+        int | None, Field(ge=0, le=5, description="Number of top alternatives per token."), _INTEGRAL
+    ] = None
+    echo: bool = False
+    suffix: Annotated[str | None, Field(description="Not supported: omit, null or ''.", max_length=0)] = None
+    best_of: Annotated[
+        int | None, Field(ge=1, le=MAX_BEST_OF, description="Only null or equal to n."), _INTEGRAL
+    ] = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: Any) -> Any:
+        if isinstance(value, list) and value and isinstance(value[0], str | list) and len(value) != 1:
+            raise PydanticCustomError(
+                "unsupported_value",
+                "batched prompts are not supported; send one prompt per request (got {count})",
+                {"count": len(value)},
+            )
+        if isinstance(value, list) and (not value or value == [[]]):
+            raise PydanticCustomError("invalid_value", "must not be empty")
+        return value
+
+    @field_validator("suffix", mode="before")
+    @classmethod
+    def _no_suffix(cls, value: Any) -> Any:
+        # An empty suffix is the same as none, so it is accepted.
+        if isinstance(value, str) and value:
+            raise _unsupported("not supported by this server (no insertion mode)")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_is_n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n", 1)
+        if value is not None and value != n:
+            raise PydanticCustomError("unsupported_value", "only supported when equal to n ({n})", {"n": n})
+        return value
+
+    def single_prompt(self) -> str | list[int]:
+        """The one prompt, as text or as token ids."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return prompt
+        first = prompt[0]
+        if isinstance(first, str | list):
+            return first
+        return list(prompt)  # type: ignore[arg-type]
+
+    def effective_max_tokens(self) -> int | None:
+        """The completion-token budget (16 by default; None means up to the context limit)."""
+        return self.max_tokens
+
+
+# === responses ==================================================================================
+
+
+class Usage(BaseModel):
+    """Token counts for one request (summed over all choices)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TopLogprob(BaseModel):
+    """One alternative token at a position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(BaseModel):
+    """Log probability of one generated token, with its top alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    """Per-token log probabilities of a chat choice."""
+
+    content: list[TokenLogprob] | None = None
+    refusal: None = None
+
+
+class AssistantMessage(BaseModel):
+    """The generated message of a non-streamed chat choice."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    refusal: None = None
+
+
+class ChatChoice(BaseModel):
+    """One choice of a chat completion."""
+
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    """Non-streamed response of ``/v1/chat/completions``."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+class Delta(BaseModel):
+    """A streamed message fragment. Null fields are left out, as in OpenAI's stream.
+
+    First delta ``Delta(role="assistant", content="")``, then ``Delta(content=...)``, and ``Delta()``
+    (serialised as ``{}``) alongside the finish reason.
+    """
+
+    role: Annotated[Literal["assistant"] | None, Field(exclude_if=_is_none)] = None
+    content: Annotated[str | None, Field(exclude_if=_is_none)] = None
+
+
+class ChunkChoice(BaseModel):
+    """One choice inside a stream chunk; ``finish_reason`` stays null until the choice's last chunk."""
+
+    index: int
+    delta: Delta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One SSE event of a streamed chat completion; every chunk shares ``id`` and ``created``.
+
+    With ``stream_options.include_usage`` the last chunk has ``choices=[]`` and ``usage`` set, and
+    every other chunk carries ``usage: null``; without it serialise via ``dump_chunk`` to omit the key.
+    """
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """Legacy completions logprobs; ``token_logprobs`` starts with null when the prompt is echoed."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    """One choice of a legacy completion (``finish_reason`` is null in non-final stream chunks)."""
+
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Completion(BaseModel):
+    """Response of ``/v1/completions``; streamed events use the same shape."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class Model(BaseModel):
+    """One entry of ``/v1/models``."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """Response of ``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class ErrorBody(BaseModel):
+    """The inner OpenAI error object; all four keys are always present."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The OpenAI error envelope ``{"error": {...}}``."""
+
+    error: ErrorBody
+
+
+# === serialisation ==============================================================================
+
+_WITHOUT_USAGE = frozenset({"usage"})
+
+
+def dump(model: BaseModel) -> str:
+    """Serialise a response model to compact JSON (pydantic-core, no intermediate dict)."""
+    return model.model_dump_json()
+
+
+def dump_chunk(chunk: ChatCompletionChunk | Completion, *, include_usage: bool) -> str:
+    """Serialise one stream event; ``usage`` is present (often null) only if the client asked for it."""
+    return chunk.model_dump_json(exclude=None if include_usage else _WITHOUT_USAGE)
