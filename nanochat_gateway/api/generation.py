@@ -1,0 +1,199 @@
+"""GenerationRun: one generation from plugin hooks to the engine and back as text.
+
+Shared by /v1/chat/completions and /v1/completions. It runs the plugins' on_request
+hooks, submits to the router, turns each step's tokens into UTF-8-safe text per choice,
+passes every delta through the plugins' on_text hooks (stop sequences live there), and
+ends with on_response. It also watches for the client going away and for the request
+deadline, and always cancels the engine request when it stops early, so no slot leaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from nanochat_gateway.api import errors
+from nanochat_gateway.engine.detokenizer import IncrementalDetokenizer
+from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, TokenLogprob
+from nanochat_gateway.engine.stream import RequestStream
+from nanochat_gateway.plugins import GenerationContext, GenerationResult, Plugin, TextEvent
+
+log = logging.getLogger(__name__)
+
+DISCONNECT_POLL_S = 0.25  # how often a quiet request checks that its client is still there
+
+
+class ClientGone(Exception):
+    """The client closed the connection; the generation was cancelled."""
+
+
+@dataclass(slots=True)
+class ChoiceOutput:
+    """Text (after plugins) and token details of one choice from one engine step."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None
+
+
+def engine_error_to_api(exc: EngineError, retry_after_s: float) -> errors.APIError:
+    if exc.kind == "overloaded":
+        return errors.overloaded(f"The server is overloaded: {exc.message}. Retry later.", retry_after_s)
+    if exc.kind == "timeout":
+        return errors.timeout(f"Request timed out: {exc.message}")
+    if exc.kind == "invalid":
+        return errors.invalid_request(exc.message, code="context_length_exceeded")
+    if exc.kind in ("shutdown", "unavailable"):
+        return errors.unavailable(f"The server is not serving: {exc.message}", retry_after_s=retry_after_s)
+    return errors.internal_error()
+
+
+class GenerationRun:
+    def __init__(self, ctx: GenerationContext, *, router, plugins: list[Plugin], tokenizer,
+                 stop_token_ids: frozenset[int], tool_calls: str, request_timeout_s: float,
+                 queue_timeout_s: float, retry_after_s: float):
+        self.ctx = ctx
+        self._router = router
+        self._plugins = plugins
+        self._text_plugins = [p for p in plugins if p.handles_text]
+        self._tokenizer = tokenizer
+        self._stop_ids = stop_token_ids
+        self._tool_calls = tool_calls
+        self._queue_timeout_s = queue_timeout_s
+        self._retry_after_s = retry_after_s
+        self._deadline = time.monotonic() + request_timeout_s
+        self.stream: RequestStream | None = None
+        self.started_at = time.monotonic()
+        self.finish_reasons: list[str | None] = []
+        self.completion_tokens: list[int] = []
+        self._done = False
+        self._aborted: errors.APIError | None = None
+
+    # ----------------------------------------------------------------- start
+    async def start(self) -> None:
+        """Run on_request hooks and queue the request. Raises APIError before any output."""
+        for plugin in self._plugins:
+            await plugin.on_request(self.ctx)
+        ctx = self.ctx
+        self.finish_reasons = [None] * ctx.n
+        self.completion_tokens = [0] * ctx.n
+        self._detoks = [IncrementalDetokenizer(self._tokenizer, self._tool_calls) for _ in range(ctx.n)]
+        request = GenerationRequest(
+            prompt_ids=ctx.prompt_ids, max_tokens=ctx.max_tokens, sampling=ctx.sampling, n=ctx.n,
+            request_id=ctx.request_id, stop_token_ids=self._stop_ids, queue_timeout_s=self._queue_timeout_s,
+        )
+        try:
+            self.stream = self._router.submit(request)
+        except EngineError as exc:
+            raise engine_error_to_api(exc, self._retry_after_s) from None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.ctx.prompt_ids)
+
+    @property
+    def total_completion_tokens(self) -> int:
+        return sum(self.completion_tokens)
+
+    def usage(self) -> dict[str, int]:
+        """OpenAI usage, counted from the token ids the engine produced."""
+        completion = self.total_completion_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+    # --------------------------------------------------------------- outputs
+    async def outputs(self) -> AsyncIterator[list[ChoiceOutput]]:
+        """Yield each engine step's outputs until every choice has finished."""
+        assert self.stream is not None
+        try:
+            while not self._done:
+                items = await self._next_items()
+                if self._aborted is not None:
+                    raise self._aborted
+                step: list[ChoiceOutput] = []
+                for item in items:
+                    if isinstance(item, EngineError):
+                        raise engine_error_to_api(item, self._retry_after_s)
+                    if isinstance(item, ChoiceDelta):
+                        output = self._on_delta(item)
+                        if output is not None:
+                            step.append(output)
+                if step:
+                    yield step
+                self._done = all(r is not None for r in self.finish_reasons)
+        finally:
+            if not self._done:
+                self.stream.cancel()
+
+    def abort(self, error: errors.APIError) -> None:
+        """End this generation with `error` (shutdown): the writer sends it as the last event."""
+        self._aborted = error
+        if self.stream is not None:
+            self.stream.cancel()
+
+    async def _next_items(self):
+        while True:
+            if self._aborted is not None:
+                raise self._aborted
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                self.stream.cancel()
+                raise errors.timeout("The request took longer than the server's request_timeout_s")
+            items = await self.stream.next_items(timeout=min(DISCONNECT_POLL_S, left))
+            if items:
+                return items
+            if self.stream.finished:
+                raise errors.internal_error("The generation ended without a result")
+            transport = self.ctx.request.transport
+            if transport is None or transport.is_closing():
+                self.stream.cancel()
+                raise ClientGone()
+
+    def _on_delta(self, delta: ChoiceDelta) -> ChoiceOutput | None:
+        i = delta.index
+        if self.finish_reasons[i] is not None:
+            return None  # a plugin already ended this choice; late tokens are dropped
+        self.completion_tokens[i] += len(delta.token_ids)
+        detok = self._detoks[i]
+        text = "".join([detok.push(t) for t in delta.token_ids])
+        final = delta.finish_reason is not None
+        if final:
+            text += detok.flush()
+        event = TextEvent(i, text, final=final, finish_reason=delta.finish_reason)
+        for plugin in self._text_plugins:
+            plugin.on_text(self.ctx, event)
+        finish = None
+        if event.stop:
+            finish = event.finish_reason or "stop"
+            if not final:
+                self.stream.cancel(i)
+        elif final:
+            finish = event.finish_reason or delta.finish_reason
+        self.finish_reasons[i] = finish
+        return ChoiceOutput(i, event.text, delta.token_ids, delta.logprobs, finish)
+
+    # ---------------------------------------------------------------- finish
+    async def finish(self, status: int = 200, error: str | None = None) -> GenerationResult:
+        """Report the outcome to on_response hooks; call exactly once, whatever happened."""
+        stream = self.stream
+        queue_s = ttft = None
+        if stream is not None and stream.admitted_at is not None:
+            queue_s = stream.admitted_at - stream.submitted_at
+        if stream is not None and stream.first_token_at is not None:
+            ttft = stream.first_token_at - stream.submitted_at
+        result = GenerationResult(
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.total_completion_tokens,
+            finish_reasons=list(self.finish_reasons), status=status, error=error,
+            queue_seconds=queue_s, time_to_first_token=ttft, duration=time.monotonic() - self.started_at,
+        )
+        for plugin in self._plugins:
+            try:
+                await plugin.on_response(self.ctx, result)
+            except Exception:  # one plugin's failure must not hide the response from the others
+                log.exception("plugin %s failed in on_response", plugin.name)
+        return result
+

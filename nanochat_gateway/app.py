@@ -1,0 +1,161 @@
+"""create_app: the aiohttp application with routes, plugins, executors and lifecycle.
+
+Start-up never blocks the port: the model is resolved (downloaded or generated) in a
+background task and loaded by each executor thread, while /health answers at once and
+/ready says what is still happening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from nanochat_gateway.api import routes
+from nanochat_gateway.api.middleware import request_context
+from nanochat_gateway.config import Settings
+from nanochat_gateway.engine.executor import DeviceExecutor, ExecutorOptions
+from nanochat_gateway.engine.router import Router
+from nanochat_gateway.model.device import resolve_devices
+from nanochat_gateway.model.loader import LoadedModel, load_model
+from nanochat_gateway.model.sources import ResolvedSource, resolve_source
+from nanochat_gateway.plugins import Plugin, PluginContext, load_plugins
+from nanochat_gateway.state import STATE, GatewayState
+
+log = logging.getLogger("nanochat_gateway")
+
+
+
+
+def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
+    """Build the gateway application from validated settings."""
+    state = GatewayState(settings=settings, registry=registry or CollectorRegistry(auto_describe=True))
+    app = web.Application(client_max_size=settings.server.client_max_size, middlewares=[request_context])
+    app[STATE] = state
+    context = PluginContext(app=app, settings=settings, registry=state.registry)
+    state.plugins = load_plugins(settings.plugins, context)
+    for plugin in state.plugins:
+        if plugin.has_middleware:
+            app.middlewares.append(web.middleware(plugin.middleware))
+    routes.add_routes(app)
+    for plugin in state.plugins:
+        app.router.add_routes(list(plugin.routes()))
+    app.cleanup_ctx.append(_engine_lifecycle)
+    app.cleanup_ctx.append(_plugin_lifecycle)
+    return app
+
+
+async def _plugin_lifecycle(app: web.Application):
+    state = app[STATE]
+    started: list[Plugin] = []
+    try:
+        for plugin in state.plugins:
+            await plugin.startup()
+            started.append(plugin)
+        yield
+    finally:
+        for plugin in reversed(started):
+            try:
+                await plugin.cleanup()
+            except Exception:
+                log.exception("plugin %s failed during cleanup", plugin.name)
+
+
+async def _engine_lifecycle(app: web.Application):
+    state = app[STATE]
+    state._bring_up = asyncio.create_task(_bring_up(state))
+    yield
+    state._bring_up.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await state._bring_up
+    if state.router is not None:
+        await asyncio.to_thread(state.router.stop)
+
+
+async def _bring_up(state: GatewayState) -> None:
+    """Resolve the model source, then start one executor per device (each loads in its thread)."""
+    settings = state.settings
+    m = settings.model
+    try:
+        state.phase = "resolving model"
+        state.resolved = resolved = await asyncio.to_thread(
+            resolve_source, m.source, model_id=m.id, demo_dir=m.demo_dir, kind=m.checkpoint_kind,
+            tag=m.tag or None, step=m.step,
+        )
+        log.info("phase=resolve source=%s path=%s seconds=%.2f", resolved.source or "default",
+                 resolved.local_path, resolved.seconds)
+        state.phase = "loading model"
+        devices = resolve_devices(settings.engine.devices)
+        loader = SharedLoader(resolved, settings)
+        e = settings.engine
+        cpu_count = sum(d.type == "cpu" for d in devices)
+        options = ExecutorOptions(
+            max_batch_size=e.max_batch_size, max_seq_len=e.max_seq_len,
+            prefill_chunk_tokens=e.prefill_chunk_tokens, max_queue=e.max_queue,
+            cpu_threads=e.cpu_threads or _cpu_threads_per_executor(cpu_count),
+            admit_window_ms=e.admit_window_ms, kv_cache_memory_fraction=e.kv_cache_memory_fraction,
+            calculator=m.calculator,
+        )
+        executors = [DeviceExecutor(_executor_name(d, i), d, loader.load, options) for i, d in enumerate(devices)]
+        state.router = Router(executors)
+        for plugin in state.plugins:  # plugins that watch the engine (metrics) attach now
+            plugin.context.router = state.router
+        state.router.start(asyncio.get_running_loop())
+        while not all(ex.ready.is_set() for ex in executors):
+            await asyncio.sleep(0.05)
+        if state.router.failures:
+            state.phase, state.failure = "failed", "; ".join(state.router.failures)
+            log.error("phase=load failed: %s", state.failure)
+            return
+        state.phase = "ready"
+        loaded = state.model
+        log.info("phase=ready model=%s generation=%s dtype=%s executors=%d%s", state.model_id,
+                 loaded.generation, str(loaded.dtype).removeprefix("torch."), len(executors),
+                 " DEMO MODEL WITH RANDOM WEIGHTS" if (loaded.is_demo or resolved.is_demo) else "")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("start-up failed")
+        state.phase, state.failure = "failed", str(exc)
+
+
+def _executor_name(device, index: int) -> str:
+    return f"{device.type}{device.index if device.index is not None else index}"
+
+
+def _cpu_threads_per_executor(cpu_executors: int) -> int:
+    # Split the cores between CPU executors: oversubscribed OpenMP pools slow everyone down.
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, cpu_executors)) if cpu_executors else 0
+
+
+class SharedLoader:
+    """Loads the model once per device; CPU executors share one read-only copy."""
+
+    def __init__(self, resolved: ResolvedSource, settings: Settings):
+        self.resolved, self.settings = resolved, settings
+        self._cache: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def load(self, device) -> LoadedModel:
+        key = "cpu" if device.type == "cpu" else str(device)
+        with self._lock:
+            if key not in self._cache:
+                m, e = self.settings.model, self.settings.engine
+                start = time.monotonic()
+                loaded = load_model(
+                    self.resolved.local_path, device=device, dtype=m.dtype, generation=m.generation,
+                    softcap=m.softcap, checkpoint_kind=m.checkpoint_kind, tag=m.tag or None, step=m.step,
+                    rotary_len=e.max_seq_len or None,
+                )
+                loaded.source = self.resolved.source
+                loaded.is_demo = loaded.is_demo or self.resolved.is_demo
+                log.info("phase=load device=%s seconds=%.2f", device, time.monotonic() - start)
+                self._cache[key] = loaded
+            return self._cache[key]
