@@ -25,7 +25,7 @@ from nanochat_gateway.engine.router import Router
 from nanochat_gateway.model.device import resolve_devices
 from nanochat_gateway.model.loader import LoadedModel, load_model
 from nanochat_gateway.model.sources import ResolvedSource, resolve_source
-from nanochat_gateway.plugins import Plugin, PluginContext, load_plugins
+from nanochat_gateway.plugins import RESPONSE_HEADERS, Plugin, PluginContext, load_plugins
 from nanochat_gateway.state import STATE, GatewayState
 
 log = logging.getLogger("nanochat_gateway")
@@ -43,12 +43,18 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     for plugin in state.plugins:
         if plugin.has_middleware:
             app.middlewares.append(web.middleware(plugin.middleware))
+    app.on_response_prepare.append(_apply_response_headers)
     routes.add_routes(app)
     for plugin in state.plugins:
         app.router.add_routes(list(plugin.routes()))
     app.cleanup_ctx.append(_engine_lifecycle)
     app.cleanup_ctx.append(_plugin_lifecycle)
     return app
+
+
+async def _apply_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if extra := request.get(RESPONSE_HEADERS):
+        response.headers.update(extra)
 
 
 async def _plugin_lifecycle(app: web.Application):

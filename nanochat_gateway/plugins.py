@@ -43,10 +43,19 @@ ENTRY_POINT_GROUP = "nanochat_gateway.plugins"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Keys plugins and the gateway share on an aiohttp request (request[KEY]).
-REQUEST_ID = "nanochat_gateway.request_id"
-API_KEY_NAME = "nanochat_gateway.api_key_name"
-GENERATION = "nanochat_gateway.generation"  # the GenerationContext, once the route built one
-CLIENT_ADDRESS = "nanochat_gateway.client"  # set by a plugin that trusts proxies; else the peer
+REQUEST_ID = web.RequestKey("nanochat_gateway.request_id", str)
+API_KEY_NAME = web.RequestKey("nanochat_gateway.api_key_name", str)  # set by api_keys
+# the GenerationContext, once a generation route built one
+GENERATION: web.RequestKey[GenerationContext] = web.RequestKey("nanochat_gateway.generation")
+CLIENT_ADDRESS = web.RequestKey("nanochat_gateway.client", str)  # a proxy-aware client address
+# Headers to add to the response, applied just before headers are sent, so they reach
+# streamed (SSE) responses too: use add_response_headers().
+RESPONSE_HEADERS = web.RequestKey("nanochat_gateway.response_headers", dict)
+
+
+def add_response_headers(request: web.Request, headers: dict[str, str]) -> None:
+    """Attach headers to whatever response this request gets (JSON, SSE or error)."""
+    request.setdefault(RESPONSE_HEADERS, {}).update(headers)
 
 
 class NoSettings(BaseModel):

@@ -35,3 +35,61 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from nanochat_gateway.model.demo import write_demo_checkpoint
 
     return write_demo_checkpoint(tmp_path_factory.mktemp("demo") / "tiny", "tiny")
+
+
+class Gateway:
+    """A real gateway server on loopback, started by the `start_gateway` fixture."""
+
+    def __init__(self, server, app):
+        self.server, self.app = server, app
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI client's base_url."""
+        return f"{self.url}/v1"
+
+    @property
+    def state(self):
+        from nanochat_gateway.state import STATE
+
+        return self.app[STATE]
+
+    @property
+    def model_id(self) -> str:
+        return self.state.model_id
+
+
+@pytest.fixture
+def start_gateway(aiohttp_server, tiny_model_dir):
+    """Factory: start_gateway(model_dir=None, **dotted_overrides) -> ready Gateway.
+
+    Example: await start_gateway(**{"engine.max_batch_size": 4, "plugins.enabled": []})
+    The tiny demo model is served unless model_dir is given; plugins default to
+    stop_sequences only, so each test enables what it exercises.
+    """
+    import asyncio
+
+    from nanochat_gateway.app import create_app
+    from nanochat_gateway.config import load_settings
+
+    async def start(model_dir=None, *, wait_ready: bool = True, **overrides) -> Gateway:
+        values = {"model.source": str(model_dir or tiny_model_dir), "model.dtype": "float32",
+                  "plugins.enabled": ["stop_sequences"], "engine.max_batch_size": 8}
+        values.update(overrides)
+        settings = load_settings(None, env={}, overrides=values)
+        app = create_app(settings)
+        server = await aiohttp_server(app)
+        gateway = Gateway(server, app)
+        if wait_ready:
+            for _ in range(600):
+                if gateway.state.is_ready or gateway.state.failure:
+                    break
+                await asyncio.sleep(0.05)
+            assert gateway.state.is_ready, gateway.state.readiness()
+        return gateway
+
+    return start
