@@ -9,7 +9,7 @@ import torch
 
 from conftest import GENERATIONS, golden_expected, golden_model
 from nanochat_gateway.engine.kv_cache import SlotKVCache
-from nanochat_gateway.model.gpt import StepBatch
+from nanochat_gateway.model.step import StepBatch
 
 ATOL = 1e-4  # the golden README's recommended tolerance (30x float32 noise)
 

@@ -32,8 +32,8 @@ from nanochat_gateway.engine.request import ChoiceDelta, EngineError, Generation
 from nanochat_gateway.engine.rows import Job, Row, RowTools
 from nanochat_gateway.engine.sampling import select_tokens
 from nanochat_gateway.engine.stream import ADMITTED, RequestStream, StreamItem
-from nanochat_gateway.model.gpt import StepBatch
 from nanochat_gateway.model.loader import LoadedModel
+from nanochat_gateway.model.step import StepBatch
 
 log = logging.getLogger(__name__)
 

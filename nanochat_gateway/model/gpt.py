@@ -22,7 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanochat_gateway.model.attention import StepAttention, window_mask
 from nanochat_gateway.model.generations import GenerationSpec
+from nanochat_gateway.model.step import StepBatch
 
 
 @dataclass(frozen=True)
@@ -68,80 +70,6 @@ class KVStore(Protocol):
     k: torch.Tensor  # (n_layer, n_slots, n_kv_head, max_seq_len, head_dim)
     v: torch.Tensor
     prev_embed: torch.Tensor | None  # (n_slots, n_embd): last normed embedding per slot, for smear
-
-
-@dataclass
-class PrefillSegment:
-    slot: int
-    start: int  # position of the segment's first token
-    length: int
-    offset: int  # index of the first token in the packed batch
-
-
-@dataclass
-class StepBatch:
-    """One continuous-batching step, packed: decode rows first, then prefill segments."""
-
-    tokens: torch.Tensor  # (N,) token ids
-    positions: torch.Tensor  # (N,) absolute position of each token
-    slots: torch.Tensor  # (N,) KV slot of each token
-    n_decode: int  # tokens[:n_decode] are single-token rows (each in its own slot)
-    decode_span: int  # decode attention covers slots [0, decode_span)
-    decode_dense: bool  # decode rows are exactly slots 0..n_decode-1 in order: no scatter/gather
-    prefill: list[PrefillSegment]
-    segment_first: torch.Tensor  # indices of each row's first token in this step
-    segment_first_has_prev: torch.Tensor  # (len(segment_first),) True where position > 0
-    segment_last: torch.Tensor  # indices of each row's last token (smear state to keep)
-    logit_index: torch.Tensor  # which packed tokens need logits, in output order
-
-    @classmethod
-    def build(
-        cls,
-        decode: list[tuple[int, int, int]],
-        prefill: list[tuple[int, int, list[int]]],
-        logits_for: list[int],
-        device: torch.device | str = "cpu",
-    ) -> StepBatch:
-        """Pack a step.
-
-        decode: (slot, position, token) per decoding row.
-        prefill: (slot, start_position, tokens) per prompt chunk.
-        logits_for: row numbers (decode rows first, then prefill segments) whose last
-        token needs logits, in the order the caller wants them back.
-        """
-        tokens: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        for slot, pos, tok in decode:
-            tokens.append(tok)
-            positions.append(pos)
-            slots.append(slot)
-        segments = []
-        lasts = list(range(len(decode)))
-        firsts = list(range(len(decode)))
-        for slot, start, chunk in prefill:
-            offset = len(tokens)
-            segments.append(PrefillSegment(slot, start, len(chunk), offset))
-            tokens.extend(chunk)
-            positions.extend(range(start, start + len(chunk)))
-            slots.extend([slot] * len(chunk))
-            firsts.append(offset)
-            lasts.append(offset + len(chunk) - 1)
-        as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
-        first_pos = [positions[i] for i in firsts]
-        return cls(
-            tokens=as_long(tokens),
-            positions=as_long(positions),
-            slots=as_long(slots),
-            n_decode=len(decode),
-            decode_span=(max(s for s, _, _ in decode) + 1) if decode else 0,
-            decode_dense=[s for s, _, _ in decode] == list(range(len(decode))),
-            prefill=segments,
-            segment_first=as_long(firsts),
-            segment_first_has_prev=torch.tensor([p > 0 for p in first_pos], dtype=torch.bool, device=device),
-            segment_last=as_long(lasts),
-            logit_index=as_long([lasts[r] for r in logits_for]),
-        )
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -202,12 +130,6 @@ class Block(nn.Module):
         super().__init__()
         self.attn = Attention(config, spec, has_ve)
         self.mlp = MLP(config)
-
-
-def window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
-    """Boolean mask (len(q_pos), len(k_pos)): causal, and at most `window` positions back."""
-    delta = q_pos[:, None] - k_pos[None, :]
-    return (delta >= 0) & (delta <= window)
 
 
 class GPT(nn.Module):
@@ -320,9 +242,7 @@ class GPT(nn.Module):
         e = self._embed(idx)
         x = self._smear_step(e, batch, cache) if self.spec.smear else e
         x0, x_backout = x, None
-        decode_masks: dict[int, tuple[int, torch.Tensor]] = {}
-        prefill_masks: dict[tuple[int, int], tuple[int, torch.Tensor | None]] = {}
-        n_dec = batch.n_decode
+        attend = StepAttention(batch, self.config.n_head, self.config.head_dim)
         kv_rows = None
         for i, block in enumerate(self.transformer.h):
             x = self._pre_block(i, x, x0)
@@ -334,13 +254,7 @@ class GPT(nn.Module):
             kv_rows = kv_rows if kv_rows is not None else self._kv_rows(batch, kc)
             kc.view(-1, kc.shape[-1]).index_copy_(0, kv_rows, k.reshape(-1, k.shape[-1]).to(kc.dtype))
             vc.view(-1, vc.shape[-1]).index_copy_(0, kv_rows, v.reshape(-1, v.shape[-1]).to(vc.dtype))
-            w = self.windows[i]
-            parts = []
-            if n_dec:
-                parts.append(self._decode_attention(q[:n_dec], kc, vc, batch, w, decode_masks))
-            for seg_no, seg in enumerate(batch.prefill):
-                parts.append(self._prefill_attention(q, kc, vc, seg, seg_no, w, prefill_masks))
-            y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            y = attend(q, kc, vc, self.windows[i])
             x = x + block.attn.c_proj(y.to(x.dtype))
             x = x + block.mlp(norm(x))
             if self.spec.backout and i == self.config.n_layer // 2:
@@ -370,52 +284,6 @@ class GPT(nn.Module):
         saved = cache.prev_embed[batch.slots[first]].to(e.dtype)
         prev[first] = saved * batch.segment_first_has_prev[:, None].to(e.dtype)
         return e + self._smear_gate(e) * prev
-
-    def _decode_attention(self, q, kc, vc, batch: StepBatch, window: int, masks) -> torch.Tensor:
-        # All decode rows attend in one batched call over the slot range [0, decode_span):
-        # a strided view of the cache, no gather. Slots in the range that are not decoding
-        # get a dummy query that only sees one key, and their output is dropped.
-        n_dec, span = batch.n_decode, batch.decode_span
-        if window not in masks:
-            dec_slots, dec_pos = batch.slots[:n_dec], batch.positions[:n_dec]
-            hi = int(dec_pos.max()) + 1
-            lo = max(0, int(dec_pos.min()) - window)
-            row_pos = torch.full((span,), lo, dtype=torch.long, device=q.device)
-            row_pos[dec_slots] = dec_pos
-            k_pos = torch.arange(lo, hi, device=q.device)
-            masks[window] = (lo, window_mask(row_pos, k_pos, window)[:, None, None, :])
-        lo, mask = masks[window]
-        hi = lo + mask.shape[-1]
-        k = kc[:span, :, lo:hi]
-        v = vc[:span, :, lo:hi]
-        if batch.decode_dense:
-            y = F.scaled_dot_product_attention(q[:, :, None].to(k.dtype), k, v, attn_mask=mask, enable_gqa=True)
-            return y.reshape(n_dec, -1)
-        qf = q.new_zeros(span, self.config.n_head, 1, self.config.head_dim, dtype=k.dtype)
-        qf[batch.slots[:n_dec], :, 0] = q.to(qf.dtype)
-        y = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, enable_gqa=True)
-        return y[batch.slots[:n_dec], :, 0].reshape(n_dec, -1)
-
-    def _prefill_attention(self, q, kc, vc, seg: PrefillSegment, seg_no: int, window: int, masks):
-        key = (seg_no, window)
-        end = seg.start + seg.length
-        if key not in masks:
-            lo = max(0, seg.start - window)
-            if lo == 0 and seg.start == 0 and window >= seg.length - 1:
-                masks[key] = (0, None)  # plain causal from position 0
-            else:
-                q_pos = torch.arange(seg.start, end, device=q.device)
-                masks[key] = (lo, window_mask(q_pos, torch.arange(lo, end, device=q.device), window))
-        lo, mask = masks[key]
-        qs = q[seg.offset : seg.offset + seg.length].transpose(0, 1)[None]  # (1, H, T, D)
-        k = kc[seg.slot : seg.slot + 1, :, lo:end]
-        v = vc[seg.slot : seg.slot + 1, :, lo:end]
-        qs = qs.to(k.dtype)
-        if mask is None:
-            y = F.scaled_dot_product_attention(qs, k, v, is_causal=True, enable_gqa=True)
-        else:
-            y = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, enable_gqa=True)
-        return y[0].transpose(0, 1).reshape(seg.length, -1)
 
     # ------------------------------------------------------------------- facts
     def num_params(self) -> int:

@@ -1,8 +1,0 @@
-"""Benchmark placeholder replaced below."""
-
-def add_arguments(parser):
-    pass
-
-
-def main(args):
-    return 0

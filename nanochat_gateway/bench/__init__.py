@@ -1,0 +1,74 @@
+"""`nanochat-gateway bench`: serving and engine benchmarks, measured in one run.
+
+Modes:
+  (default)      the real server in a subprocess, N concurrent streaming clients
+  --engine-only  the executor's decode throughput at batch B, no HTTP
+  --suite        everything the performance targets compare, in one run, with ratios
+  --golden DIR   bf16-versus-fp32 greedy agreement on golden checkpoints
+
+Every mode prints a table and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from nanochat_gateway.bench.report import print_json_line, print_table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="", help="checkpoint dir or hf: source (default: write the 'bench' demo "
+                        "model to ~/.cache/nanochat-gateway/demo-bench)")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16, auto, or a comma list for --engine-only")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--prompt-words", type=int, default=100)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--engine-only", action="store_true")
+    parser.add_argument("--batch", type=int, default=16, help="engine-only batch size")
+    parser.add_argument("--layout", default="same,ragged", help="engine-only row positions: same, ragged")
+    parser.add_argument("--prompt-len", type=int, default=300, help="engine-only mean prompt tokens")
+    parser.add_argument("--gen-tokens", type=int, default=96, help="engine-only tokens per row")
+    parser.add_argument("--suite", action="store_true")
+    parser.add_argument("--golden", type=Path, default=None)
+
+
+def _model_path(args: argparse.Namespace) -> str:
+    if args.model:
+        return args.model
+    from nanochat_gateway.model.demo import is_demo_dir, write_demo_checkpoint
+    from nanochat_gateway.model.sources import default_demo_dir
+
+    path = default_demo_dir().with_name("demo-bench")
+    if not is_demo_dir(path):
+        print(f"writing the 'bench' demo model to {path} ...")
+        write_demo_checkpoint(path, "bench", tokenizer_cache=path.parent / "tokenizers")
+    return str(path)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.golden:
+        from nanochat_gateway.bench.suite import golden_agreement
+
+        result = golden_agreement(args.golden)
+        print_table("bf16 vs fp32 greedy agreement (40 tokens)", [(k, v) for k, v in result.items()])
+        print_json_line({"mode": "golden", **result})
+        return 0
+    model = _model_path(args)
+    if args.suite:
+        from nanochat_gateway.bench.suite import run_suite
+
+        result = asyncio.run(run_suite(model, args))
+    elif args.engine_only:
+        from nanochat_gateway.bench.suite import run_engine_only
+
+        result = asyncio.run(run_engine_only(model, args))
+    else:
+        from nanochat_gateway.bench.suite import run_serving
+
+        result = asyncio.run(run_serving(model, args))
+    print_json_line(result)
+    return 0

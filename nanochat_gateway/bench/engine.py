@@ -1,0 +1,76 @@
+"""Engine-only benchmark: decode throughput of one executor at batch B, no HTTP.
+
+B independent greedy requests are submitted at once; once every row has prefilled,
+the steps where all B rows decode together are timed wall-clock (loop overhead
+included). "same" puts every row at the same position; "ragged" spreads prompt
+lengths around the same mean, so rows sit at different positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import torch
+
+from nanochat_gateway.engine.executor import DeviceExecutor, ExecutorOptions, StepInfo
+from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, SamplingParams
+from nanochat_gateway.model.loader import LoadedModel
+
+
+def prompt_lengths(batch: int, mean: int, layout: str) -> list[int]:
+    if layout == "same" or batch == 1:
+        return [mean] * batch
+    # evenly spread over [mean/5, 9*mean/5]: the same mean, positions far apart
+    lo, hi = max(1, mean // 5), mean * 9 // 5
+    return [round(lo + (hi - lo) * i / (batch - 1)) for i in range(batch)]
+
+
+async def _drain(stream) -> int:
+    tokens = 0
+    async for item in stream:
+        if isinstance(item, EngineError):
+            raise item
+        if isinstance(item, ChoiceDelta):
+            tokens += len(item.token_ids)
+    return tokens
+
+
+async def decode_throughput(loaded: LoadedModel, *, batch: int, layout: str = "same", prompt_len: int = 300,
+                            gen_tokens: int = 64, threads: int = 0, seed: int = 0) -> dict:
+    """Tokens/s of full-batch decode steps for `batch` rows of independent requests."""
+    options = ExecutorOptions(max_batch_size=batch, max_seq_len=loaded.config.sequence_len,
+                              prefill_chunk_tokens=max(256, prompt_len * 2), cpu_threads=threads,
+                              admit_window_ms=20.0)
+    executor = DeviceExecutor("bench", loaded.device, lambda device: loaded, options)
+    steps: list[tuple[float, StepInfo]] = []
+    executor.step_listeners.append(lambda info: steps.append((time.perf_counter(), info)))
+    executor.start(asyncio.get_running_loop())
+    while not executor.ready.is_set():
+        await asyncio.sleep(0.01)
+    if executor.state != "ready":
+        raise RuntimeError(f"executor failed: {executor.failure}")
+    rng = random.Random(seed)
+    specials = loaded.tokenizer.special_ids
+    vocab = [t for t in range(loaded.config.vocab_size) if t not in specials]
+    requests = [
+        GenerationRequest(prompt_ids=[loaded.tokenizer.bos_id] + rng.choices(vocab, k=n - 1),
+                          max_tokens=gen_tokens, sampling=SamplingParams(temperature=0.0))
+        for n in prompt_lengths(batch, prompt_len, layout)
+    ]
+    try:
+        streams = [executor.submit(r) for r in requests]
+        produced = sum(await asyncio.gather(*(_drain(s) for s in streams)))
+    finally:
+        executor.stop()
+    full = [t for t, info in steps if info.batch_size == batch and info.prefill_tokens == 0]
+    if len(full) < 3:
+        raise RuntimeError("too few full-batch decode steps to measure; raise gen_tokens")
+    seconds = full[-1] - full[0]
+    return {
+        "batch": batch, "layout": layout, "dtype": str(loaded.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(), "decode_steps": len(full) - 1,
+        "tokens_per_s": batch * (len(full) - 1) / seconds, "step_ms": 1000 * seconds / (len(full) - 1),
+        "tokens_generated": produced,
+    }
