@@ -169,6 +169,8 @@ def pick_model_file(snapshot: Path, *, kind: str = "sft", tag: str | None = None
             "no meta_<step>.json files in the repo (neither at the top level nor in "
             f"{{{','.join(sorted(CHECKPOINT_DIRS.values()))}}}/<tag>/); is it a nanochat checkpoint repo?"
         )
+    if tag is not None and (not tag or "/" in tag or "\\" in tag or tag in {".", ".."}):
+        raise HubError(f"model tag must be a folder name like d20, got {tag!r}")
     try:
         tag = tag or _largest_tag(checkpoints)
     except CheckpointError:
@@ -199,7 +201,7 @@ def _fetch(
         options["token"] = token
     # Resuming is left to huggingface_hub, untouched: a transfer that breaks is retried from where it
     # stopped, and only complete blobs enter the cache, so a rerun refetches just what is missing.
-    # (Since huggingface_hub 2.x a killed process's partial .incomplete file is discarded, not resumed.)
+    # (huggingface_hub 2.4 discards a killed process's partial *.incomplete file instead of resuming it.)
     with _hub_errors(source, repo_id, revision, cache_dir, local_only):
         snapshot = _small_files(repo_id, revision, options)
     try:
@@ -211,14 +213,14 @@ def _fetch(
     # Phase 2 pinned to the commit phase 1 saw, so a branch moving in between cannot mix two commits.
     pinned = snapshot.name if _COMMIT_RE.match(snapshot.name) else revision
     log.info("%s: using %s", source, model_file)
-    with _hub_errors(source, repo_id, revision, cache_dir, local_only):
+    with _hub_errors(source, repo_id, revision, cache_dir, local_only, missing=model_file):
         snapshot = Path(huggingface_hub.snapshot_download(
             repo_id, revision=pinned, allow_patterns=[glob.escape(model_file)], **options
         ))
     if not (snapshot / model_file).is_file():
         # Caches written without a tree listing (older huggingface_hub) come back partial, not as errors.
         if local_only:
-            raise HubError(_offline_message(source, cache_dir, f"{model_file} is not"))
+            raise HubError(_offline_message(source, cache_dir, model_file))
         raise HubError(
             f"{source}: {model_file} could not be fetched (the repo has its meta file but not the model, "
             "or the Hub is unreachable and it is not cached); check the step and your network"
@@ -244,7 +246,12 @@ def _small_files(repo_id: str, revision: str | None, options: dict[str, Any]) ->
 
 @contextmanager
 def _hub_errors(
-    source: str, repo_id: str, revision: str | None, cache_dir: str | Path | None, local_only: bool
+    source: str,
+    repo_id: str,
+    revision: str | None,
+    cache_dir: str | Path | None,
+    local_only: bool,
+    missing: str = "it",
 ) -> Iterator[None]:
     """Turn huggingface_hub's exceptions into a HubError that names the repo and what to do."""
     try:
@@ -265,9 +272,9 @@ def _hub_errors(
         ) from exc
     except LocalEntryNotFoundError as exc:  # includes IncompleteSnapshotError
         if local_only:
-            raise HubError(_offline_message(source, cache_dir, "it is not")) from exc
+            raise HubError(_offline_message(source, cache_dir, missing)) from exc
         raise HubError(
-            f"{source}: could not reach {constants.ENDPOINT} ({_cause(exc)}) and it is not in the local "
+            f"{source}: could not reach {constants.ENDPOINT} ({_cause(exc)}) and {missing} is not in the local "
             f"Hugging Face cache ({_cache_path(cache_dir)}); check your network, proxy and HF_ENDPOINT, "
             f"or run `nanochat-gateway download {source}` on a machine with network"
         ) from exc
@@ -277,17 +284,16 @@ def _hub_errors(
         raise HubError(f"{source}: {exc}") from exc
     except _transfer_errors() as exc:
         raise HubError(
-            f"{source}: download failed ({type(exc).__name__}: {_first_line(exc)}); run again to retry, "
-            "files already complete are kept in the cache"
+            f"{source}: download failed ({type(exc).__name__}: {_first_line(exc)}); check the network and "
+            "that the cache is writable, then run again (files already complete are kept in the cache)"
         ) from exc
 
 
-def _offline_message(source: str, cache_dir: str | Path | None, what: str) -> str:
-    reason = "HF_HUB_OFFLINE=1 is set" if _offline_requested() else "the network was not used"
+def _offline_message(source: str, cache_dir: str | Path | None, missing: str) -> str:
     return (
-        f"{source}: {what} in the local Hugging Face cache ({_cache_path(cache_dir)}) and {reason}; run "
-        f"`nanochat-gateway download {source}` on a machine with network (and copy the cache here) "
-        "or unset HF_HUB_OFFLINE"
+        f"{source}: {missing} is not in the local Hugging Face cache ({_cache_path(cache_dir)}) and "
+        f"HF_HUB_OFFLINE=1 is set; run `nanochat-gateway download {source}` on a machine with network "
+        "(and copy the cache here) or unset HF_HUB_OFFLINE"
     )
 
 
