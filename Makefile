@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 serve: install
-	$(BIN)/nanochat-gateway serve --config config.toml
+	$(BIN)/nanochat-gateway serve --config config.toml $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: install
 	$(BIN)/ruff check nanochat_gateway plugins tests bench
