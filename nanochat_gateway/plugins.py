@@ -137,7 +137,10 @@ class PluginContext:
         """Report an event (e.g. "auth_failure", reason="missing_key") to every plugin."""
         for plugin in self.plugins:
             if plugin.handles_events:
-                plugin.on_event(event, labels)
+                try:
+                    plugin.on_event(event, labels)
+                except Exception:  # counting must never fail the request that reported it
+                    log.exception("plugin %s failed in on_event(%r)", plugin.name, event)
 
 
 class Plugin:
@@ -149,6 +152,14 @@ class Plugin:
     def __init__(self, settings: BaseModel, context: PluginContext):
         self.settings = settings
         self.context = context
+        if self.has_middleware:
+            # web.middleware() marks its argument with an attribute, which a bound method refuses.
+            bound = self.middleware
+
+            async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+                return await bound(request, handler)
+
+            self.middleware = middleware  # type: ignore[method-assign]
 
     # ---- lifecycle
     async def startup(self) -> None:

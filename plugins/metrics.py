@@ -1,0 +1,325 @@
+"""metrics: Prometheus metrics at GET /metrics, from the app's own registry.
+
+Every metric is registered on ``PluginContext.registry`` (one registry per app, never the
+global one), so two gateways in one process never collide. Label values are bounded:
+endpoints are route patterns (unknown paths are "other"), methods a fixed set, and
+labels that come from other plugins' events are capped.
+
+HTTP (middleware; put ``metrics`` early in ``enabled`` so it also sees rejected requests):
+    nanochat_http_requests_total{endpoint,method,status,model}        counter
+    nanochat_http_request_duration_seconds{endpoint,method}           histogram
+Generations (on_response; an SSE response is HTTP 200 even when it ended in an error event):
+    nanochat_generation_requests_total{endpoint,model,status}         counter (499 = client gone)
+    nanochat_request_finish_reason_total{model,finish_reason}         counter, one per choice
+    nanochat_client_disconnects_total{endpoint,model}                 counter
+    nanochat_prompt_tokens_total{model}                               counter
+    nanochat_generation_tokens_total{model}                           counter
+    nanochat_time_to_first_token_seconds{model}                       histogram
+    nanochat_time_per_output_token_seconds{model}                     histogram
+    nanochat_request_queue_time_seconds{model}                        histogram
+    nanochat_e2e_request_latency_seconds{model}                       histogram
+Executors (read from the router at scrape time, so nothing goes stale):
+    nanochat_num_requests_running{executor,device}                    gauge
+    nanochat_num_requests_waiting{executor,device}                    gauge
+    nanochat_kv_slots_used{executor,device}                           gauge
+    nanochat_kv_slots_total{executor,device}                          gauge
+    nanochat_executor_ready{executor,device}                          gauge (1 = serving)
+Engine steps (executor.step_listeners, called on the executor thread):
+    nanochat_batch_size{executor}                                     histogram (rows per step)
+    nanochat_step_duration_seconds{executor}                          histogram
+    nanochat_prefill_tokens_total{executor}                           counter
+    nanochat_decode_tokens_total{executor}                            counter
+Events other plugins report with PluginContext.count:
+    nanochat_auth_failures_total{reason}                              counter ("auth_failure")
+    nanochat_rate_limit_rejections_total{limit}                       counter ("rate_limit_rejected")
+    nanochat_rate_limit_backend_errors_total{policy}                  counter ("rate_limit_backend_error")
+    nanochat_plugin_events_total{event}                               counter (any other event)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nanochat_gateway.plugins import (
+    GENERATION,
+    GenerationContext,
+    GenerationResult,
+    Handler,
+    Plugin,
+    PluginContext,
+)
+
+# vLLM's buckets (ANCHORS 2b) with extra 0.2-1 s resolution, where CPU decoding lives.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6,
+                0.75, 0.9, 1.0, 1.5, 2.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0,
+                2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+E2E_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+               40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0,
+                 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
+                2.5, 5.0, 10.0)
+
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+MAX_LABEL_VALUES = 64  # distinct values per event label before the rest become "other"
+
+
+class MetricsSettings(BaseModel):
+    """``[plugins.metrics]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field("/metrics", description="Path of the Prometheus endpoint.")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+
+def route_label(request: web.Request) -> str:
+    """The matched route pattern ("/v1/models/{model}"), or "other": never the raw path."""
+    try:
+        resource = request.match_info.route.resource
+    except AttributeError:
+        return "other"
+    return resource.canonical if resource is not None else "other"
+
+
+def exception_status(exc: BaseException) -> int:
+    """The status the client sees when a handler raises `exc` (APIError and HTTPException carry one)."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
+    if isinstance(exc, ConnectionResetError | asyncio.CancelledError):
+        return 499
+    return 500
+
+
+class BoundedLabel:
+    """Caps the distinct values of one label so a misbehaving caller cannot blow up cardinality."""
+
+    def __init__(self, limit: int = MAX_LABEL_VALUES):
+        self.limit = limit
+        self.seen: set[str] = set()
+
+    def __call__(self, value: Any) -> str:
+        text = str(value)[:64] if value is not None else ""
+        if text in self.seen:
+            return text
+        if len(self.seen) >= self.limit:
+            return "other"
+        self.seen.add(text)
+        return text
+
+
+class ExecutorCollector(Collector):
+    """Per-executor gauges read from the router on every scrape (empty before the router exists)."""
+
+    GAUGES = (
+        ("nanochat_num_requests_running", "Requests generating on this executor.", lambda e: e.running),
+        ("nanochat_num_requests_waiting", "Requests queued for a KV slot.", lambda e: e.waiting),
+        ("nanochat_kv_slots_used", "KV-cache slots (rows) in use.", lambda e: e.slots_used),
+        ("nanochat_kv_slots_total", "KV-cache slots (rows) of this executor.", lambda e: e.options.max_batch_size),
+        ("nanochat_executor_ready", "1 when the executor serves requests.", lambda e: int(e.state == "ready")),
+    )
+
+    def __init__(self, plugin: Metrics):
+        self.plugin = plugin
+
+    def _families(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, doc, labels=["executor", "device"]) for name, doc, _ in self.GAUGES]
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        self.plugin.attach_step_listeners()
+        families = self._families()
+        router = self.plugin.context.router
+        for executor in router.executors if router is not None else ():
+            labels = [executor.name, str(executor.device)]
+            for family, (_, _, read) in zip(families, self.GAUGES, strict=True):
+                family.add_metric(labels, read(executor))
+        yield from families
+
+
+class Metrics(Plugin):
+    """Prometheus metrics for HTTP requests, generations, executors and plugin events."""
+
+    name = "metrics"
+    Settings = MetricsSettings
+
+    def __init__(self, settings: MetricsSettings, context: PluginContext):
+        super().__init__(settings, context)
+        self.registry: CollectorRegistry = context.registry if context.registry is not None else CollectorRegistry()
+        self._own: list[Any] = []
+        self._router: Any = None
+        self._listeners: list[tuple[Any, Callable]] = []
+        self._labels = {"reason": BoundedLabel(), "limit": BoundedLabel(), "policy": BoundedLabel(),
+                        "event": BoundedLabel(), "finish_reason": BoundedLabel()}
+        self._build()
+
+    def _metric(self, cls: type, name: str, doc: str, labels: list[str], **kwargs: Any) -> Any:
+        metric = cls(name, doc, labels, registry=self.registry, **kwargs)
+        self._own.append(metric)
+        return metric
+
+    def _build(self) -> None:
+        c, h = Counter, Histogram
+        self.http_requests = self._metric(c, "nanochat_http_requests", "HTTP requests by route, method, status.",
+                                          ["endpoint", "method", "status", "model"])
+        self.http_duration = self._metric(h, "nanochat_http_request_duration_seconds",
+                                          "Time from request to the end of the response (streams included).",
+                                          ["endpoint", "method"], buckets=E2E_BUCKETS)
+        self.generations = self._metric(c, "nanochat_generation_requests", "Generations by outcome status.",
+                                        ["endpoint", "model", "status"])
+        self.finish_reasons = self._metric(c, "nanochat_request_finish_reason", "Finished choices by reason.",
+                                           ["model", "finish_reason"])
+        self.disconnects = self._metric(c, "nanochat_client_disconnects", "Generations the client abandoned.",
+                                        ["endpoint", "model"])
+        self.prompt_tokens = self._metric(c, "nanochat_prompt_tokens", "Prompt tokens processed.", ["model"])
+        self.generation_tokens = self._metric(c, "nanochat_generation_tokens", "Tokens generated.", ["model"])
+        self.ttft = self._metric(h, "nanochat_time_to_first_token_seconds", "Submit to first token.",
+                                 ["model"], buckets=TTFT_BUCKETS)
+        self.tpot = self._metric(h, "nanochat_time_per_output_token_seconds", "Mean time between output tokens.",
+                                 ["model"], buckets=TPOT_BUCKETS)
+        self.queue = self._metric(h, "nanochat_request_queue_time_seconds", "Time waiting for a KV slot.",
+                                  ["model"], buckets=QUEUE_BUCKETS)
+        self.e2e = self._metric(h, "nanochat_e2e_request_latency_seconds", "Generation start to end.",
+                                ["model"], buckets=E2E_BUCKETS)
+        self.batch_size = self._metric(h, "nanochat_batch_size", "Rows in one engine step.", ["executor"],
+                                       buckets=BATCH_BUCKETS)
+        self.step_seconds = self._metric(h, "nanochat_step_duration_seconds", "Duration of one engine step.",
+                                         ["executor"], buckets=STEP_BUCKETS)
+        self.prefill_tokens = self._metric(c, "nanochat_prefill_tokens", "Prompt tokens prefilled.", ["executor"])
+        self.decode_tokens = self._metric(c, "nanochat_decode_tokens", "Tokens decoded.", ["executor"])
+        self.auth_failures = self._metric(c, "nanochat_auth_failures", "Rejected API keys by reason.", ["reason"])
+        self.rate_limited = self._metric(c, "nanochat_rate_limit_rejections", "Requests refused by rate limits.",
+                                         ["limit"])
+        self.rate_limit_errors = self._metric(c, "nanochat_rate_limit_backend_errors",
+                                              "Rate-limit backend failures by policy.", ["policy"])
+        self.events = self._metric(c, "nanochat_plugin_events", "Other plugin events by name.", ["event"])
+        self.collector = ExecutorCollector(self)
+        self.registry.register(self.collector)
+        self._own.append(self.collector)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def cleanup(self) -> None:
+        self._detach()
+        for metric in self._own:  # frees the names, so a new app may reuse this registry
+            self.registry.unregister(metric)
+        self._own.clear()
+
+    def routes(self) -> Iterable[web.AbstractRouteDef]:
+        return [web.get(self.settings.path, self.scrape)]
+
+    async def scrape(self, request: web.Request) -> web.Response:
+        """GET /metrics: text format, or OpenMetrics when the scraper asks for it."""
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        # headers=, not content_type=: aiohttp refuses a charset inside content_type.
+        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
+
+    # ------------------------------------------------------------ engine steps
+    def attach_step_listeners(self) -> None:
+        """Attach one step listener per executor once the router exists (cheap when done)."""
+        router = self.context.router
+        if router is None or router is self._router:
+            return
+        self._detach()
+        self._router = router
+        for executor in router.executors:
+            listener = self._step_listener(executor.name)
+            executor.step_listeners.append(listener)
+            self._listeners.append((executor, listener))
+
+    def _detach(self) -> None:
+        for executor, listener in self._listeners:
+            if listener in executor.step_listeners:
+                executor.step_listeners.remove(listener)
+        self._listeners.clear()
+        self._router = None
+
+    def _step_listener(self, executor: str) -> Callable[[Any], None]:
+        # Children bound once: the listener runs on the executor thread after every step.
+        batch, seconds = self.batch_size.labels(executor), self.step_seconds.labels(executor)
+        prefill, decode = self.prefill_tokens.labels(executor), self.decode_tokens.labels(executor)
+
+        def on_step(info: Any) -> None:
+            batch.observe(info.batch_size)
+            seconds.observe(info.seconds)
+            if info.prefill_tokens:
+                prefill.inc(info.prefill_tokens)
+            if info.decode_tokens:
+                decode.inc(info.decode_tokens)
+
+        return on_step
+
+    # --------------------------------------------------------------------- HTTP
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.attach_step_listeners()
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except BaseException as exc:
+            status = exception_status(exc)
+            ctx = request.get(GENERATION)
+            if status == 500 and ctx is not None and ctx.state.get(self.name) == 499:
+                status = 499  # the generation saw the client leave (ClientGone)
+            raise
+        finally:
+            endpoint = route_label(request)
+            method = request.method if request.method in METHODS else "other"
+            ctx = request.get(GENERATION)
+            model = ctx.model if ctx is not None else ""
+            self.http_requests.labels(endpoint, method, str(status), model).inc()
+            self.http_duration.labels(endpoint, method).observe(time.perf_counter() - start)
+
+    # -------------------------------------------------------------- generation
+    async def on_response(self, ctx: GenerationContext, result: GenerationResult) -> None:
+        ctx.state[self.name] = result.status
+        model = ctx.model or ""
+        self.generations.labels(ctx.endpoint, model, str(result.status)).inc()
+        if result.status == 499:
+            self.disconnects.labels(ctx.endpoint, model).inc()
+        for reason in result.finish_reasons:
+            if reason is None:
+                reason = "abort" if result.status == 499 else "error"
+            self.finish_reasons.labels(model, self._labels["finish_reason"](reason)).inc()
+        self.prompt_tokens.labels(model).inc(result.prompt_tokens)
+        self.generation_tokens.labels(model).inc(result.completion_tokens)
+        if result.time_to_first_token is not None:
+            self.ttft.labels(model).observe(result.time_to_first_token)
+        if (tpot := result.time_per_output_token) is not None:
+            self.tpot.labels(model).observe(tpot)
+        if result.queue_seconds is not None:
+            self.queue.labels(model).observe(result.queue_seconds)
+        self.e2e.labels(model).observe(result.duration)
+
+    # ------------------------------------------------------------------ events
+    def on_event(self, event: str, labels: dict[str, str]) -> None:
+        if event == "auth_failure":
+            self.auth_failures.labels(self._labels["reason"](labels.get("reason", "unknown"))).inc()
+        elif event == "rate_limit_rejected":
+            self.rate_limited.labels(self._labels["limit"](labels.get("limit", "unknown"))).inc()
+        elif event == "rate_limit_backend_error":
+            self.rate_limit_errors.labels(self._labels["policy"](labels.get("policy", "unknown"))).inc()
+        else:  # unknown events keep only their (capped) name: their labels are not bounded
+            self.events.labels(self._labels["event"](event)).inc()

@@ -1,0 +1,1 @@
+"""An example nanochat-gateway plugin package (see docs/plugins.md)."""
