@@ -111,7 +111,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
     key, digest = new_key()
     print(f"API key for {args.name!r} (shown once, store it now):\n\n  {key}\n")
     print("Add this line under [plugins.api_keys.keys] in config.toml:\n")
-    print(f'  {args.name} = "{digest}"')
+    # A name with dots or @ must be quoted, or TOML reads it as nested tables.
+    name = args.name if args.name.replace("_", "").replace("-", "").isalnum() and args.name.isascii() \
+        else json.dumps(args.name)
+    print(f'  {name} = "{digest}"')
     return 0
 
 
