@@ -182,7 +182,7 @@ class PluginsSettings(BaseModel):
     __pydantic_extra__: dict[str, dict[str, Any]] = Field(init=False)
 
     enabled: list[str] = Field(
-        default_factory=lambda: ["stop_sequences"]
+        default_factory=lambda: ["request_log", "metrics", "api_keys", "rate_limit", "stop_sequences"]
     )
 
     @field_validator("enabled", mode="before")

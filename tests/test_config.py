@@ -69,7 +69,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_top_logprobs": 20,
     },
     "logging": {"level": "info", "format": "text"},
-    "plugins": {"enabled": ["api_keys", "rate_limit", "stop_sequences", "metrics", "request_log"]},
+    "plugins": {"enabled": ["request_log", "metrics", "api_keys", "rate_limit", "stop_sequences"]},
 }
 
 
@@ -104,8 +104,27 @@ def test_defaults_cover_every_field() -> None:
 
 
 def test_shipped_config_equals_defaults() -> None:
-    assert load_settings(SHIPPED_CONFIG, env={}) == Settings()
-    assert load_settings(str(SHIPPED_CONFIG), env={}).plugins.table("rate_limit") == {}
+    shipped = load_settings(SHIPPED_CONFIG, env={})
+    defaults = Settings()
+    assert shipped.model_dump(exclude={"plugins"}) == defaults.model_dump(exclude={"plugins"})
+    assert shipped.plugins.enabled == defaults.plugins.enabled
+
+
+def test_shipped_plugin_tables_hold_each_plugins_defaults_with_comments() -> None:
+    """Every setting of every enabled plugin is written out, commented, at its default."""
+    from nanochat_gateway.plugins import resolve_plugin_class
+
+    shipped = load_settings(SHIPPED_CONFIG, env={})
+    text = SHIPPED_CONFIG.read_text()
+    for name in shipped.plugins.enabled:
+        settings_model = resolve_plugin_class(name).Settings
+        table = shipped.plugins.table(name)
+        assert settings_model.model_validate(table) == settings_model(), name
+        assert set(table) == set(settings_model.model_fields), name
+        section = text.split(f"[plugins.{name}]\n", 1)[1].split("\n[", 1)[0].splitlines()
+        for index, line in enumerate(section):
+            if re.match(r"\w+ = ", line):
+                assert section[index - 1].startswith("#"), f"[plugins.{name}] {line} has no comment above it"
 
 
 def test_every_key_is_in_shipped_config_with_a_comment_above() -> None:
