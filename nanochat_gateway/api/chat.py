@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from nanochat_gateway.api import errors, prepare
-from nanochat_gateway.api.generation import ClientGone, GenerationRun
+from nanochat_gateway.api.generation import GenerationRun
 from nanochat_gateway.api.logprobs import TokenText, chat_logprobs
 from nanochat_gateway.api.models import check_model
 from nanochat_gateway.api.schemas import ChatCompletionRequest
-from nanochat_gateway.api.sse import open_event_stream, send_done, send_error, send_json
+from nanochat_gateway.api.sse import stream_generation
 from nanochat_gateway.model.chat_template import ConversationError, render_for_completion
 from nanochat_gateway.plugins import GENERATION
 from nanochat_gateway.state import GatewayState
@@ -72,7 +72,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     state.active_generations.add(run)
     try:
         if body.stream:
-            return await _stream(request, state, run, body)
+            return await stream_generation(request, run, _chunks(state, run, body),
+                                           state.settings.server.sse_keepalive_s)
         return await _complete(state, run, body)
     finally:
         state.active_generations.discard(run)
@@ -83,21 +84,12 @@ async def _complete(state: GatewayState, run: GenerationRun, body: ChatCompletio
     texts: list[list[str]] = [[] for _ in range(n)]
     logprobs: list[list[dict]] = [[] for _ in range(n)]
     token_text = TokenText(state.model.tokenizer)
-    status, error = 200, None
-    try:
+    async with run.reporting():
         async for step in run.outputs():
             for out in step:
                 texts[out.index].append(out.text)
                 if body.logprobs and out.logprobs:
                     logprobs[out.index] += chat_logprobs(out.logprobs, token_text)
-    except errors.APIError as exc:
-        status, error = exc.status, exc.message
-        raise
-    except (ClientGone, asyncio.CancelledError):
-        status, error = 499, "client disconnected"
-        raise
-    finally:
-        await asyncio.shield(run.finish(status, error))
     completion_id, created = prepare.response_ids("chatcmpl")
     choices = [
         {
@@ -114,9 +106,10 @@ async def _complete(state: GatewayState, run: GenerationRun, body: ChatCompletio
     })
 
 
-async def _stream(request: web.Request, state: GatewayState, run: GenerationRun,
-                  body: ChatCompletionRequest) -> web.StreamResponse:
+async def _chunks(state: GatewayState, run: GenerationRun, body: ChatCompletionRequest) -> AsyncIterator[dict]:
+    """The stream's chunks: every choice's role, then content deltas, finish reasons and usage."""
     completion_id, created = prepare.response_ids("chatcmpl")
+    fingerprint = prepare.system_fingerprint(state)
     include_usage = body.include_usage
     token_text = TokenText(state.model.tokenizer)
 
@@ -127,40 +120,22 @@ async def _stream(request: web.Request, state: GatewayState, run: GenerationRun,
             payload["usage"] = usage
         return payload
 
-    fingerprint = prepare.system_fingerprint(state)
-    response = await open_event_stream(request, run.ctx.request_id, state.settings.server.sse_keepalive_s)
-    status, error = 200, None
-    try:
-        # Every choice appears in the first chunk, as the SDK's stream helpers expect.
-        await send_json(response, chunk([
-            {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-            for i in range(run.ctx.n)
-        ]))
-        async for step in run.outputs():
-            for out in step:
-                lp = chat_logprobs(out.logprobs, token_text) if body.logprobs and out.logprobs else None
-                if out.text or lp:
-                    await send_json(response, chunk([{
-                        "index": out.index, "delta": {"content": out.text},
-                        "logprobs": {"content": lp, "refusal": None} if lp else None, "finish_reason": None,
-                    }]))
-                if out.finish_reason:
-                    await send_json(response, chunk([
-                        {"index": out.index, "delta": {}, "logprobs": None, "finish_reason": out.finish_reason}
-                    ]))
-        if include_usage:
-            await send_json(response, chunk([], run.usage()))
-        await send_done(response)
-    except errors.APIError as exc:
-        status, error = exc.status, exc.message
-        await send_error(response, exc)
-        await send_done(response)
-    except (ClientGone, ConnectionResetError):
-        status, error = 499, "client disconnected"
-    except asyncio.CancelledError:
-        status, error = 499, "client disconnected"
-        raise
-    finally:
-        response.stop_streaming()
-        await asyncio.shield(run.finish(status, error))
-    return response
+    # Every choice appears in the first chunk, as the SDK's stream helpers expect.
+    yield chunk([
+        {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        for i in range(run.ctx.n)
+    ])
+    async for step in run.outputs():
+        for out in step:
+            lp = chat_logprobs(out.logprobs, token_text) if body.logprobs and out.logprobs else None
+            if out.text or lp:
+                yield chunk([{
+                    "index": out.index, "delta": {"content": out.text},
+                    "logprobs": {"content": lp, "refusal": None} if lp else None, "finish_reason": None,
+                }])
+            if out.finish_reason:
+                yield chunk([
+                    {"index": out.index, "delta": {}, "logprobs": None, "finish_reason": out.finish_reason}
+                ])
+    if include_usage:
+        yield chunk([], run.usage())

@@ -6,16 +6,16 @@ start; a token-id prompt is used exactly as given.
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from nanochat_gateway.api import errors, prepare
-from nanochat_gateway.api.generation import ClientGone, GenerationRun
+from nanochat_gateway.api.generation import GenerationRun
 from nanochat_gateway.api.logprobs import CompletionLogprobs, TokenText
 from nanochat_gateway.api.models import check_model
 from nanochat_gateway.api.schemas import CompletionRequest
-from nanochat_gateway.api.sse import open_event_stream, send_done, send_error, send_json
+from nanochat_gateway.api.sse import stream_generation
 from nanochat_gateway.plugins import GENERATION
 from nanochat_gateway.state import GatewayState
 
@@ -53,7 +53,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     state.active_generations.add(run)
     try:
         if body.stream:
-            return await _stream(request, state, run, body)
+            return await stream_generation(request, run, _chunks(state, run, body),
+                                           state.settings.server.sse_keepalive_s)
         return await _complete(state, run, body)
     finally:
         state.active_generations.discard(run)
@@ -62,6 +63,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
 def _echo_text(body: CompletionRequest, state: GatewayState, prompt_ids: list[int]) -> str:
     prompt = body.single_prompt()
     return prompt if isinstance(prompt, str) else state.model.tokenizer.decode(prompt_ids)
+
+
+def _echo_ids(body: CompletionRequest, prompt_ids: list[int]) -> list[int]:
+    """The echoed prompt's tokens: not the <|bos|> we put before a text prompt, which the echo omits."""
+    return prompt_ids[1:] if isinstance(body.single_prompt(), str) else prompt_ids
 
 
 async def _complete(state: GatewayState, run: GenerationRun, body: CompletionRequest) -> web.Response:
@@ -73,22 +79,13 @@ async def _complete(state: GatewayState, run: GenerationRun, body: CompletionReq
     blocks: list[list[dict]] = [[] for _ in range(n)]
     if body.logprobs is not None and body.echo:
         for i in range(n):
-            blocks[i].append(builders[i].block([], run.ctx.prompt_ids))
-    status, error = 200, None
-    try:
+            blocks[i].append(builders[i].block([], _echo_ids(body, run.ctx.prompt_ids)))
+    async with run.reporting():
         async for step in run.outputs():
             for out in step:
                 texts[out.index].append(out.text)
                 if body.logprobs is not None and out.logprobs:
                     blocks[out.index].append(builders[out.index].block(out.logprobs))
-    except errors.APIError as exc:
-        status, error = exc.status, exc.message
-        raise
-    except (ClientGone, asyncio.CancelledError):
-        status, error = 499, "client disconnected"
-        raise
-    finally:
-        await asyncio.shield(run.finish(status, error))
     completion_id, created = prepare.response_ids("cmpl")
     choices = [
         {"index": i, "text": "".join(texts[i]), "logprobs": _merge(blocks[i]) if body.logprobs is not None else None,
@@ -109,8 +106,8 @@ def _merge(blocks: list[dict]) -> dict:
     return merged
 
 
-async def _stream(request: web.Request, state: GatewayState, run: GenerationRun,
-                  body: CompletionRequest) -> web.StreamResponse:
+async def _chunks(state: GatewayState, run: GenerationRun, body: CompletionRequest) -> AsyncIterator[dict]:
+    """The stream's events: the echoed prompt (if asked), text deltas with finish reasons, usage."""
     completion_id, created = prepare.response_ids("cmpl")
     fingerprint = prepare.system_fingerprint(state)
     include_usage = body.include_usage
@@ -124,37 +121,21 @@ async def _stream(request: web.Request, state: GatewayState, run: GenerationRun,
             payload["usage"] = usage
         return payload
 
-    response = await open_event_stream(request, run.ctx.request_id, state.settings.server.sse_keepalive_s)
-    status, error = 200, None
-    try:
-        if body.echo:
-            echo = _echo_text(body, state, run.ctx.prompt_ids)
-            await send_json(response, chunk([
-                {"index": i, "text": echo, "finish_reason": None,
-                 "logprobs": builders[i].block([], run.ctx.prompt_ids) if body.logprobs is not None else None}
-                for i in range(run.ctx.n)
-            ]))
-        async for step in run.outputs():
-            for out in step:
-                logprobs = None
-                if body.logprobs is not None and out.logprobs:
-                    logprobs = builders[out.index].block(out.logprobs)
-                if out.text or logprobs or out.finish_reason:
-                    await send_json(response, chunk([{"index": out.index, "text": out.text, "logprobs": logprobs,
-                                                      "finish_reason": out.finish_reason}]))
-        if include_usage:
-            await send_json(response, chunk([], run.usage()))
-        await send_done(response)
-    except errors.APIError as exc:
-        status, error = exc.status, exc.message
-        await send_error(response, exc)
-        await send_done(response)
-    except (ClientGone, ConnectionResetError):
-        status, error = 499, "client disconnected"
-    except asyncio.CancelledError:
-        status, error = 499, "client disconnected"
-        raise
-    finally:
-        response.stop_streaming()
-        await asyncio.shield(run.finish(status, error))
-    return response
+    if body.echo:
+        echo = _echo_text(body, state, run.ctx.prompt_ids)
+        yield chunk([
+            {"index": i, "text": echo, "finish_reason": None,
+             "logprobs": builders[i].block([], _echo_ids(body, run.ctx.prompt_ids))
+             if body.logprobs is not None else None}
+            for i in range(run.ctx.n)
+        ])
+    async for step in run.outputs():
+        for out in step:
+            logprobs = None
+            if body.logprobs is not None and out.logprobs:
+                logprobs = builders[out.index].block(out.logprobs)
+            if out.text or logprobs or out.finish_reason:
+                yield chunk([{"index": out.index, "text": out.text, "logprobs": logprobs,
+                              "finish_reason": out.finish_reason}])
+    if include_usage:
+        yield chunk([], run.usage())

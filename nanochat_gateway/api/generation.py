@@ -9,9 +9,11 @@ deadline, and always cancels the engine request when it stops early, so no slot 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from nanochat_gateway.api import errors
@@ -27,6 +29,10 @@ DISCONNECT_POLL_S = 0.25  # how often a quiet request checks that its client is 
 
 class ClientGone(Exception):
     """The client closed the connection; the generation was cancelled."""
+
+
+# What a vanished client looks like: our own check, a failed write, or aiohttp-sse's send timeout.
+CLIENT_GONE_ERRORS = (ClientGone, ConnectionResetError, TimeoutError)
 
 
 @dataclass(slots=True)
@@ -46,7 +52,8 @@ def engine_error_to_api(exc: EngineError, retry_after_s: float) -> errors.APIErr
     if exc.kind == "timeout":
         return errors.timeout(f"Request timed out: {exc.message}")
     if exc.kind == "invalid":
-        return errors.invalid_request(exc.message, code="context_length_exceeded")
+        # The API checks context length and n first, so this is only a backstop.
+        return errors.invalid_request(exc.message, code="invalid_value")
     if exc.kind in ("shutdown", "unavailable"):
         return errors.unavailable(f"The server is not serving: {exc.message}", retry_after_s=retry_after_s)
     return errors.internal_error()
@@ -72,6 +79,7 @@ class GenerationRun:
         self.completion_tokens: list[int] = []
         self._done = False
         self._aborted: errors.APIError | None = None
+        self._status, self._error = 200, None
 
     # ----------------------------------------------------------------- start
     async def start(self) -> None:
@@ -129,6 +137,34 @@ class GenerationRun:
             if not self._done:
                 self.stream.cancel()
 
+    def cancel(self) -> None:
+        """Free the engine request unless it already ended (safe to call more than once)."""
+        if self.stream is not None and not self._done:
+            self.stream.cancel()
+
+    def record(self, status: int, error: str | None) -> None:
+        """How the response ended, for on_response (a stream reports errors in-band, not by raising)."""
+        self._status, self._error = status, error
+
+    @asynccontextmanager
+    async def reporting(self) -> AsyncIterator[None]:
+        """Around writing the response: note how it ended, free the engine request, run on_response once."""
+        try:
+            yield
+        except errors.APIError as exc:
+            self.record(exc.status, exc.message)
+            raise
+        except (*CLIENT_GONE_ERRORS, asyncio.CancelledError):
+            self.record(499, "client disconnected")
+            raise
+        except Exception as exc:
+            self.record(500, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            # An abandoned outputs() generator would cancel only when garbage-collected: do it now.
+            self.cancel()
+            await asyncio.shield(self.finish(self._status, self._error))
+
     def abort(self, error: errors.APIError) -> None:
         """End this generation with `error` (shutdown): the writer sends it as the last event."""
         self._aborted = error
@@ -139,6 +175,9 @@ class GenerationRun:
         while True:
             if self._aborted is not None:
                 raise self._aborted
+            # Checked before every wait, not only after idle ones: while tokens flow to a
+            # non-streaming request nothing is written, so nothing else would notice.
+            self._check_client()
             left = self._deadline - time.monotonic()
             if left <= 0:
                 self.stream.cancel()
@@ -148,10 +187,12 @@ class GenerationRun:
                 return items
             if self.stream.finished:
                 raise errors.internal_error("The generation ended without a result")
-            transport = self.ctx.request.transport
-            if transport is None or transport.is_closing():
-                self.stream.cancel()
-                raise ClientGone()
+
+    def _check_client(self) -> None:
+        transport = self.ctx.request.transport
+        if transport is None or transport.is_closing():
+            self.stream.cancel()
+            raise ClientGone()
 
     def _on_delta(self, delta: ChoiceDelta) -> ChoiceOutput | None:
         i = delta.index

@@ -51,4 +51,5 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(build_openapi(_state(request).model_id))
+    served = {resource.canonical for resource in request.app.router.resources()}
+    return web.json_response(build_openapi(_state(request).model_id, served_paths=served))

@@ -71,26 +71,65 @@ def _ok(description: str, content: dict[str, Any]) -> dict[str, Any]:
 
 
 def _generation_operation(
-    op_id: str, summary: str, request_ref: str, response_ref: str, chunk_ref: str
+    op_id: str,
+    summary: str,
+    request_ref: str,
+    response_ref: str,
+    chunk_ref: str,
+    examples: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    request_content = _json(request_ref)
+    if examples:
+        request_content["application/json"]["examples"] = examples
     return {
         "operationId": op_id,
         "summary": summary,
-        "requestBody": {"required": True, "content": _json(request_ref)},
+        "requestBody": {"required": True, "content": request_content},
         "responses": {
             "200": _ok(
                 "The completion. With `stream: true`, a `text/event-stream` of `data: <chunk JSON>` events "
                 "ending with `data: [DONE]`; keep-alives are `:` comments. An error after the stream has "
                 'started arrives as a `data: {"error": {...}}` event.',
-                {
-                    **_json(response_ref),
-                    # As in OpenAI's own spec: the schema describes each event's data payload.
-                    "text/event-stream": {"schema": {"$ref": chunk_ref}},
-                },
+                {**_json(response_ref), "text/event-stream": {"schema": _sse_event(chunk_ref)}},
             ),
             **_error_responses(_GENERATION_ERRORS),
         },
     }
+
+
+def _sse_event(chunk_ref: str) -> dict[str, Any]:
+    """One server-sent event: its ``data`` is a chunk, an error envelope, or the final ``[DONE]``.
+
+    For text/event-stream the schema describes each parsed event (``data``, ``event``, ``id``),
+    as OpenAPI 3.2 and schemathesis read it; contentSchema describes the JSON inside ``data``.
+    """
+    payload = {"anyOf": [{"$ref": chunk_ref}, {"$ref": _REF.format(model="ErrorResponse")}]}
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": {
+                "anyOf": [
+                    {"const": "[DONE]", "description": "The last event of every stream."},
+                    {"type": "string", "contentMediaType": "application/json", "contentSchema": payload},
+                ]
+            },
+        },
+    }
+
+
+def _request_examples(model_id: str | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Chat and completion request examples, streamed and not (only when the served model is known)."""
+    if model_id is None:
+        return None, None
+    chat = {"model": model_id, "messages": [{"role": "user", "content": "Why is the sky blue?"}], "max_tokens": 8}
+    text = {"model": model_id, "prompt": "The capital of France is", "max_tokens": 8}
+    stream = {"stream": True, "stream_options": {"include_usage": True}}
+    return (
+        {"basic": {"value": chat}, "stream": {"value": {**chat, **stream, "logprobs": True, "top_logprobs": 2}}},
+        {"basic": {"value": text}, "stream": {"value": {**text, **stream, "echo": True, "logprobs": 2}}},
+    )
 
 
 def _plain_operation(
@@ -113,9 +152,17 @@ def _pin_model(components: dict[str, Any], model_id: str) -> None:
 
 
 def build_openapi(
-    model_id: str | None = None, *, title: str = "nanochat-gateway", version: str = __version__
+    model_id: str | None = None,
+    *,
+    title: str = "nanochat-gateway",
+    version: str = __version__,
+    served_paths: set[str] | None = None,
 ) -> dict[str, Any]:
-    """Build the OpenAPI 3.1 document; with ``model_id`` the ``model`` fields are pinned to that id."""
+    """Build the OpenAPI 3.1 document; with ``model_id`` the ``model`` fields are pinned to that id.
+
+    With ``served_paths`` only those paths are described: /metrics exists only when its plugin
+    is enabled, and a fuzzer must not be promised a route that answers 404.
+    """
     components, refs = _component_schemas()  # fresh dicts on every call, so safe to edit
     if model_id is not None:
         _pin_model(components, model_id)
@@ -128,6 +175,7 @@ def build_openapi(
     if model_id is not None:
         model_param["schema"]["examples"] = [model_id]
     any_object = {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}
+    chat_examples, completion_examples = _request_examples(model_id)
 
     paths: dict[str, Any] = {
         "/v1/chat/completions": {
@@ -137,6 +185,7 @@ def build_openapi(
                 refs["ChatCompletionRequest"],
                 refs["ChatCompletion"],
                 refs["ChatCompletionChunk"],
+                chat_examples,
             )
         },
         "/v1/completions": {
@@ -146,6 +195,7 @@ def build_openapi(
                 refs["CompletionRequest"],
                 refs["Completion"],
                 refs["Completion"],
+                completion_examples,
             )
         },
         "/v1/models": {
@@ -202,6 +252,9 @@ def build_openapi(
             )
         },
     }
+
+    if served_paths is not None:
+        paths = {path: item for path, item in paths.items() if path in served_paths}
 
     retry_after = {"$ref": "#/components/headers/RetryAfter"}
     responses = {

@@ -78,8 +78,10 @@ def sampling_params(body, state: GatewayState, *, logprobs: bool, top_logprobs: 
 
 def check_limits(body, state: GatewayState, *, top_logprobs: int) -> None:
     limits = state.settings.limits
-    if body.n > limits.max_n:
-        raise errors.invalid_request(f"n must be at most {limits.max_n} on this server", param="n", code="invalid_value")
+    # Each choice takes a KV slot of one executor, so n can never exceed the batch size.
+    max_n = min(limits.max_n, state.settings.engine.max_batch_size)
+    if body.n > max_n:
+        raise errors.invalid_request(f"n must be at most {max_n} on this server", param="n", code="invalid_value")
     if len(body.stop_sequences()) > limits.max_stop_sequences:
         raise errors.invalid_request(f"at most {limits.max_stop_sequences} stop sequences are allowed",
                                      param="stop", code="invalid_value")
@@ -97,11 +99,15 @@ def fit_max_tokens(requested: int | None, prompt_len: int, state: GatewayState, 
     """max_tokens after the context check: never truncate the prompt, never overflow."""
     context = state.router.executors[0].max_seq_len
     room = context - prompt_len
+    if room < 1:
+        raise errors.invalid_request(
+            f"This model's context is {context} tokens and the prompt has {prompt_len} tokens, which leaves "
+            "no room for a completion. Shorten the prompt.",
+            param=prompt_param, code="context_length_exceeded",
+        )
     if requested is None:
-        requested = min(state.settings.engine.max_tokens, room)
-        if requested >= 1:
-            return requested
-    if requested > room or room < 1:
+        return min(state.settings.engine.max_tokens, room)  # the default shrinks to fit; an explicit value never does
+    if requested > room:
         raise errors.invalid_request(
             f"This model's context is {context} tokens; the prompt has {prompt_len} tokens and "
             f"{requested} more were requested. Shorten the prompt or lower max_tokens.",

@@ -395,7 +395,8 @@ class CompletionRequest(_GenerationRequest):
     ]
     max_tokens: Annotated[
         int | None,
-        Field(ge=1, description="Defaults to 16 as in OpenAI's API; null means up to the context limit."),
+        Field(ge=1, description="Defaults to 16 as in OpenAI's API; null means the server default "
+              "([engine] max_tokens, shortened to what the context leaves)."),
         _INTEGRAL,
     ] = 16
     logprobs: Annotated[
@@ -447,7 +448,7 @@ class CompletionRequest(_GenerationRequest):
         return list(prompt)  # type: ignore[arg-type]
 
     def effective_max_tokens(self) -> int | None:
-        """The completion-token budget (16 by default; None means up to the context limit)."""
+        """The completion-token budget (16 by default; None means the server default)."""
         return self.max_tokens
 
 
