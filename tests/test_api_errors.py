@@ -259,8 +259,6 @@ async def test_overload_is_503_with_retry_after(start_gateway):
     await wait_until(engine_idle(gateway), timeout=2)
 
 
-@pytest.mark.xfail(reason="engine: max_queue = 0 refuses every request (executor.py submit counts the new "
-                          "request as waiting)", strict=False)
 async def test_max_queue_zero_serves_free_slots_and_refuses_the_rest(start_gateway):
     gateway = await start_gateway(**{"engine.max_batch_size": 1, "engine.max_queue": 0})
     async with aiohttp.ClientSession() as session:

@@ -85,7 +85,8 @@ class DeviceExecutor:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Loop-side bookkeeping (touched only on the event loop thread).
         self.streams: set[RequestStream] = set()
-        self.waiting = 0
+        self._waiting: dict[RequestStream, None] = {}  # submitted, not yet admitted, in order
+        self._running_rows = 0  # KV slots held by admitted, unfinished requests
         # Thread-side state.
         self._queue: deque[Job] = deque()
         self._slot_rows: list[Row | None] = []
@@ -108,8 +109,22 @@ class DeviceExecutor:
         return len(self.streams)
 
     @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
     def running(self) -> int:
-        return len(self.streams) - self.waiting
+        return len(self.streams) - len(self._waiting)
+
+    def _queue_after_seating(self) -> tuple[int, int]:
+        """(requests that will still wait once free slots are filled FIFO, slots left free)."""
+        free, queued = self.options.max_batch_size - self._running_rows, 0
+        for stream in self._waiting:
+            if queued == 0 and stream.request.n <= free:
+                free -= stream.request.n
+            else:
+                queued += 1  # FIFO: once one request waits, everyone behind it waits too
+        return queued, free
 
     @property
     def slots_used(self) -> int:
@@ -124,21 +139,24 @@ class DeviceExecutor:
         assert self._loop is not None, "executor not started"
         if self.state in ("failed", "stopped"):
             raise EngineError("shutdown", f"executor {self.name} is {self.state}")
-        if self.waiting >= self.options.max_queue:
-            raise EngineError("overloaded", f"the queue is full ({self.options.max_queue} waiting requests)")
         if request.n > self.options.max_batch_size:
             raise EngineError("invalid", f"n={request.n} exceeds max_batch_size={self.options.max_batch_size}")
+        queued, free = self._queue_after_seating()
+        # max_queue bounds the requests that must wait for a slot, not those that get one now.
+        if (queued or request.n > free) and queued >= self.options.max_queue:
+            raise EngineError("overloaded", f"the queue is full ({self.options.max_queue} waiting requests)")
         stream = RequestStream(request, self, self._loop)
         self.streams.add(stream)
-        self.waiting += 1
+        self._waiting[stream] = None
         stream.add_finish_callback(self._forget)
         self._inbox.put(("submit", stream))
         return stream
 
     def _forget(self, stream: RequestStream) -> None:
         self.streams.discard(stream)
-        if not stream.admitted:
-            self.waiting -= 1
+        if self._waiting.pop(stream, False) is not False:
+            return
+        self._running_rows -= stream.request.n
 
     def cancel(self, stream: RequestStream, choice: int | None = None) -> None:
         self._inbox.put(("cancel", stream, choice))
@@ -153,8 +171,9 @@ class DeviceExecutor:
 
     def _deliver(self, outbox: dict[RequestStream, list[StreamItem]]) -> None:
         for stream, items in outbox.items():
-            if stream.admitted is False and ADMITTED in items:
-                self.waiting -= 1
+            if stream in self._waiting and ADMITTED in items:
+                del self._waiting[stream]
+                self._running_rows += stream.request.n
             stream.push(items)
 
     def describe(self) -> dict:
