@@ -354,3 +354,18 @@ async def test_router_sends_each_request_to_the_least_loaded_executor():
         assert router.running == 0 and router.waiting == 0
     finally:
         router.stop()
+
+
+async def test_bf16_weights_keep_a_float32_kv_cache_on_cpu():
+    from conftest import GOLDEN
+    from nanochat_gateway import load_model
+
+    loaded = load_model(GOLDEN / "2026-07", dtype="bfloat16")
+    assert loaded.kv_bytes_per_token == loaded.config.kv_bytes_per_token(torch.float32)
+    executor = await start_executor(loaded)
+    try:
+        assert executor.cache.k.dtype == torch.float32
+        tokens, reasons, _ = await collect(executor.submit(greedy(golden_expected("2026-07")["prompt"][:50], 8)))
+        assert reasons == ["length"] and len(tokens[0]) == 8
+    finally:
+        executor.stop()

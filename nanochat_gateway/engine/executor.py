@@ -32,6 +32,7 @@ from nanochat_gateway.engine.request import ChoiceDelta, EngineError, Generation
 from nanochat_gateway.engine.rows import Job, Row, RowTools
 from nanochat_gateway.engine.sampling import select_tokens
 from nanochat_gateway.engine.stream import ADMITTED, RequestStream, StreamItem
+from nanochat_gateway.model.device import kv_cache_dtype
 from nanochat_gateway.model.loader import LoadedModel
 from nanochat_gateway.model.step import StepBatch
 
@@ -207,17 +208,18 @@ class DeviceExecutor:
         config = loaded.config
         self._max_seq_len = self.options.max_seq_len or config.sequence_len
         n_slots = self.options.max_batch_size
-        needed = SlotKVCache.bytes_needed(config, n_slots, self._max_seq_len, loaded.dtype)
-        check_kv_fits(self.device, needed, self.options, config.kv_bytes_per_token(loaded.dtype))
+        kv_dtype = kv_cache_dtype(self.device, loaded.dtype)
+        needed = SlotKVCache.bytes_needed(config, n_slots, self._max_seq_len, kv_dtype)
+        check_kv_fits(self.device, needed, self.options, config.kv_bytes_per_token(kv_dtype))
         self.cache = SlotKVCache(
-            config, n_slots, self._max_seq_len, dtype=loaded.dtype, device=self.device, smear=loaded.spec.smear
+            config, n_slots, self._max_seq_len, dtype=kv_dtype, device=self.device, smear=loaded.spec.smear
         )
         self._slot_rows = [None] * n_slots
         self._tools = RowTools(loaded.tokenizer, calculator=self.options.calculator)
         log.info(
             "executor %s: %s on %s, KV cache %.1f MiB (%d slots x %d tokens x %d B/token), %d threads",
             self.name, loaded.generation, self.device, self.cache.nbytes / 2**20, n_slots, self._max_seq_len,
-            config.kv_bytes_per_token(loaded.dtype), torch.get_num_threads(),
+            config.kv_bytes_per_token(kv_dtype), torch.get_num_threads(),
         )
         with torch.inference_mode():
             self._warm_up()

@@ -72,3 +72,10 @@ def resolve_dtype(name: str, device: torch.device, n_embd: int = 768) -> torch.d
         if speedup >= 1.3:
             return torch.bfloat16
     return torch.float32
+
+
+def kv_cache_dtype(device: torch.device, compute_dtype: torch.dtype) -> torch.dtype:
+    """The compute dtype, except float32 on the CPU: PyTorch's CPU attention kernels run
+    several times slower on bf16/fp16 inputs than on fp32 (measured with `bench`), and decode
+    attention there is bound by memory bandwidth rather than capacity."""
+    return torch.float32 if device.type == "cpu" else compute_dtype

@@ -16,7 +16,7 @@ from nanochat_gateway.model.checkpoint import (
     read_meta,
     read_state_dict,
 )
-from nanochat_gateway.model.device import DTYPES, resolve_dtype
+from nanochat_gateway.model.device import DTYPES, kv_cache_dtype, resolve_dtype
 from nanochat_gateway.model.generations import (
     GenerationError,
     GenerationSpec,
@@ -48,7 +48,7 @@ class LoadedModel:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        return self.config.kv_bytes_per_token(self.dtype)
+        return self.config.kv_bytes_per_token(kv_cache_dtype(self.device, self.dtype))
 
     def describe(self) -> dict[str, Any]:
         """JSON-safe facts for `inspect`, /stats and /v1/models."""
