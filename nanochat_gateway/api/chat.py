@@ -11,9 +11,7 @@ from nanochat_gateway.api.generation import GenerationRun
 from nanochat_gateway.api.logprobs import TokenText, chat_logprobs
 from nanochat_gateway.api.models import check_model
 from nanochat_gateway.api.schemas import ChatCompletionRequest
-from nanochat_gateway.api.sse import stream_generation
 from nanochat_gateway.model.chat_template import ConversationError, render_for_completion
-from nanochat_gateway.plugins import GENERATION
 from nanochat_gateway.state import GatewayState
 
 
@@ -66,17 +64,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     sampling = prepare.sampling_params(body, state, logprobs=body.logprobs, top_logprobs=top_logprobs)
     ctx = prepare.new_context(request, state, endpoint="chat.completions", body=body, prompt_ids=prompt_ids,
                               max_tokens=max_tokens, sampling=sampling)
-    request[GENERATION] = ctx
-    run = prepare.new_run(state, ctx, frozenset({tokenizer.assistant_end, tokenizer.bos_id}))
-    await run.start()  # may raise APIError (plugin rejection, overload) before anything is sent
-    state.active_generations.add(run)
-    try:
-        if body.stream:
-            return await stream_generation(request, run, _chunks(state, run, body),
-                                           state.settings.server.sse_keepalive_s)
-        return await _complete(state, run, body)
-    finally:
-        state.active_generations.discard(run)
+    return await prepare.serve_generation(
+        request, state, ctx, frozenset({tokenizer.assistant_end, tokenizer.bos_id}),
+        chunks=lambda run: _chunks(state, run, body), complete=lambda run: _complete(state, run, body),
+    )
 
 
 async def _complete(state: GatewayState, run: GenerationRun, body: ChatCompletionRequest) -> web.Response:

@@ -15,8 +15,6 @@ from nanochat_gateway.api.generation import GenerationRun
 from nanochat_gateway.api.logprobs import CompletionLogprobs, TokenText
 from nanochat_gateway.api.models import check_model
 from nanochat_gateway.api.schemas import CompletionRequest
-from nanochat_gateway.api.sse import stream_generation
-from nanochat_gateway.plugins import GENERATION
 from nanochat_gateway.state import GatewayState
 
 
@@ -46,18 +44,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
     sampling = prepare.sampling_params(body, state, logprobs=body.logprobs is not None, top_logprobs=top_logprobs)
     ctx = prepare.new_context(request, state, endpoint="completions", body=body, prompt_ids=prompt_ids,
                               max_tokens=max_tokens, sampling=sampling)
-    request[GENERATION] = ctx
     tokenizer = state.model.tokenizer
-    run = prepare.new_run(state, ctx, frozenset({tokenizer.bos_id, tokenizer.assistant_end}))
-    await run.start()
-    state.active_generations.add(run)
-    try:
-        if body.stream:
-            return await stream_generation(request, run, _chunks(state, run, body),
-                                           state.settings.server.sse_keepalive_s)
-        return await _complete(state, run, body)
-    finally:
-        state.active_generations.discard(run)
+    return await prepare.serve_generation(
+        request, state, ctx, frozenset({tokenizer.bos_id, tokenizer.assistant_end}),
+        chunks=lambda run: _chunks(state, run, body), complete=lambda run: _complete(state, run, body),
+    )
 
 
 def _echo_text(body: CompletionRequest, state: GatewayState, prompt_ids: list[int]) -> str:

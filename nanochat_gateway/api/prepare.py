@@ -10,6 +10,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from aiohttp import web
@@ -17,8 +18,9 @@ from pydantic import BaseModel, ValidationError
 
 from nanochat_gateway.api import errors
 from nanochat_gateway.api.generation import GenerationRun
+from nanochat_gateway.api.sse import stream_generation
 from nanochat_gateway.engine.request import SamplingParams
-from nanochat_gateway.plugins import API_KEY_NAME, REQUEST_ID, GenerationContext
+from nanochat_gateway.plugins import API_KEY_NAME, GENERATION, REQUEST_ID, GenerationContext
 from nanochat_gateway.state import STATE, GatewayState
 
 log = logging.getLogger(__name__)
@@ -143,3 +145,21 @@ def response_ids(prefix: str) -> tuple[str, int]:
 def system_fingerprint(state: GatewayState) -> str:
     model = state.model
     return f"fp_{model.generation}_{model.files.step}_{str(model.dtype).removeprefix('torch.')}"
+
+
+async def serve_generation(
+    request: web.Request, state: GatewayState, ctx: GenerationContext, stop_token_ids: frozenset[int],
+    chunks: Callable[[GenerationRun], AsyncIterator[dict]],
+    complete: Callable[[GenerationRun], Awaitable[web.Response]],
+) -> web.StreamResponse:
+    """Queue the generation, then answer as SSE chunks or one JSON body; tracked for draining."""
+    request[GENERATION] = ctx
+    run = new_run(state, ctx, stop_token_ids)
+    await run.start()  # may raise APIError (plugin rejection, overload) before anything is sent
+    state.active_generations.add(run)
+    try:
+        if ctx.stream:
+            return await stream_generation(request, run, chunks(run), state.settings.server.sse_keepalive_s)
+        return await complete(run)
+    finally:
+        state.active_generations.discard(run)
