@@ -90,7 +90,7 @@ async def _bring_up(state: GatewayState) -> None:
     m = settings.model
     try:
         state.phase = "resolving model"
-        state.resolved = resolved = await asyncio.to_thread(
+        state.resolved = resolved = await _in_daemon_thread(
             resolve_source, m.source, model_id=m.id, demo_dir=m.demo_dir, kind=m.checkpoint_kind,
             tag=m.tag or None, step=m.step,
         )
@@ -114,21 +114,48 @@ async def _bring_up(state: GatewayState) -> None:
             plugin.context.router = state.router
         state.router.start(asyncio.get_running_loop())
         while not all(ex.ready.is_set() for ex in executors):
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         if state.router.failures:
             state.phase, state.failure = "failed", "; ".join(state.router.failures)
             log.error("phase=load failed: %s", state.failure)
             return
         state.phase = "ready"
         loaded = state.model
-        log.info("phase=ready model=%s generation=%s dtype=%s executors=%d%s", state.model_id,
+        log.info("phase=ready model=%s generation=%s dtype=%s executors=%d seconds=%.2f%s", state.model_id,
                  loaded.generation, str(loaded.dtype).removeprefix("torch."), len(executors),
+                 time.time() - state.started_at,
                  " DEMO MODEL WITH RANDOM WEIGHTS" if (loaded.is_demo or resolved.is_demo) else "")
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         log.exception("start-up failed")
         state.phase, state.failure = "failed", str(exc)
+
+
+async def _in_daemon_thread(func, /, *args, **kwargs):
+    """asyncio.to_thread in a daemon thread: asyncio.run waits for to_thread work at exit, so a
+    SIGTERM during a long download would otherwise keep the process alive until the download ends."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result, exc) -> None:
+        if future.done():  # cancelled by shutdown: nobody wants the result any more
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            outcome = (func(*args, **kwargs), None)
+        except BaseException as exc:
+            outcome = (None, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the process is exiting
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name="resolve-model", daemon=True).start()
+    return await future
 
 
 def _executor_name(device, index: int) -> str:

@@ -222,7 +222,10 @@ class DeviceExecutor:
             config.kv_bytes_per_token(kv_dtype), torch.get_num_threads(),
         )
         with torch.inference_mode():
+            warm_start = time.monotonic()
             self._warm_up()
+        log.info("phase=warmup executor=%s device=%s seconds=%.2f", self.name, self.device,
+                 time.monotonic() - warm_start)
         log.info("executor %s ready in %.2fs", self.name, time.monotonic() - start)
         self.state = "ready"
         self.ready.set()
