@@ -164,22 +164,36 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, name: str = "rustbpe") -
 
 
 def demo_corpus(*, max_bytes: int = 4 * 1024 * 1024) -> Iterator[str]:
-    """Yield the source of the running Python's top-level stdlib modules, in sorted file order.
+    """Yield the source of the running Python's standard library, in sorted file order.
 
-    No network needed; the text (code, comments and docstrings) is stable for a given Python
-    version. Stops after about ``max_bytes`` bytes.
+    Top-level modules come first, then packages (tests and site-packages left out), so small
+    budgets read what they always did. No network needed; the text (code, comments and
+    docstrings) is stable for a given Python version. Stops after about ``max_bytes`` bytes.
     """
     stdlib = sysconfig.get_paths()["stdlib"]
     total = 0
-    for fname in sorted(os.listdir(stdlib)):
-        if not fname.endswith(".py"):
-            continue
-        path = os.path.join(stdlib, fname)
-        if not os.path.isfile(path):
-            continue
+    for path in _stdlib_sources(stdlib):
         with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read()
         yield text
         total += len(text.encode("utf-8"))
         if total >= max_bytes:
             return
+
+
+def _stdlib_sources(stdlib: str) -> Iterator[str]:
+    names = sorted(os.listdir(stdlib))
+    for name in names:
+        path = os.path.join(stdlib, name)
+        if name.endswith(".py") and os.path.isfile(path):
+            yield path
+    skip = {"site-packages", "test", "tests", "idlelib", "__pycache__"}
+    for name in names:
+        top = os.path.join(stdlib, name)
+        if name in skip or not os.path.isdir(top):
+            continue
+        for root, dirs, files in os.walk(top):
+            dirs[:] = sorted(d for d in dirs if d not in skip)
+            for fname in sorted(files):
+                if fname.endswith(".py"):
+                    yield os.path.join(root, fname)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,7 +57,8 @@ def demo_tokenizer(vocab_size: int, cache_dir: Path | None = None) -> NanochatTo
 
         return load_tokenizer(cached)
     start = time.monotonic()
-    enc = train_bpe(demo_corpus(), vocab_size)
+    # about 256 bytes of text per token: enough distinct pairs to learn every merge
+    enc = train_bpe(demo_corpus(max_bytes=max(4 * 2**20, 256 * vocab_size)), vocab_size)
     log.info("trained a %d-token demo tokenizer in %.1fs", vocab_size, time.monotonic() - start)
     tokenizer = NanochatTokenizer.from_encoding(enc)
     if cached is not None:
@@ -93,7 +96,6 @@ def write_demo_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = demo_tokenizer(shape.vocab_size, tokenizer_cache)
     config = ModelConfig(**asdict(shape))
-    torch.save(random_state_dict(config, seed), out / f"model_{DEMO_STEP:06d}.pt")
     meta = {
         "step": DEMO_STEP,
         "val_bpb": None,
@@ -105,10 +107,20 @@ def write_demo_checkpoint(
             "generation": LATEST_GENERATION,
         },
     }
-    (out / f"meta_{DEMO_STEP:06d}.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tokenizer.save(out / "tokenizer.pkl")
+    # Each file is written under a temporary name and renamed into place, the meta file last:
+    # a half-written directory never looks complete, and replicas sharing a cache volume that
+    # write the same (deterministic) demo model at once cannot corrupt each other's files.
+    suffix = f".tmp-{os.getpid()}-{threading.get_ident()}"
+    staged = {name: out / f"{name}{suffix}" for name in ("model.pt", "tokenizer.pkl", "meta.json")}
+    torch.save(random_state_dict(config, seed), staged["model.pt"])
+    tokenizer.save(staged["tokenizer.pkl"])
+    staged["meta.json"].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(staged["model.pt"], out / f"model_{DEMO_STEP:06d}.pt")
+    os.replace(staged["tokenizer.pkl"], out / "tokenizer.pkl")
+    os.replace(staged["meta.json"], out / f"meta_{DEMO_STEP:06d}.json")
     return out
 
 
 def is_demo_dir(path: Path) -> bool:
-    return (path / f"meta_{DEMO_STEP:06d}.json").is_file() and (path / f"model_{DEMO_STEP:06d}.pt").is_file()
+    names = (f"meta_{DEMO_STEP:06d}.json", f"model_{DEMO_STEP:06d}.pt", "tokenizer.pkl")
+    return all((path / name).is_file() for name in names)

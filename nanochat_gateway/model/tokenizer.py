@@ -291,7 +291,7 @@ class NanochatTokenizer:
         if p.is_dir():
             p = p / "tokenizer.pkl"
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
+        tmp = p.with_name(f"{p.name}.tmp-{os.getpid()}")  # unique: concurrent writers never share it
         with open(tmp, "wb") as f:
             # Protocol 4 is what nanochat writes on Python 3.8-3.13, so files stay byte-identical.
             pickle.dump(self.enc, f, protocol=4)
