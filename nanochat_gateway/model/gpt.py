@@ -72,6 +72,23 @@ class KVStore(Protocol):
     prev_embed: torch.Tensor | None  # (n_slots, n_embd): last normed embedding per slot, for smear
 
 
+class Linear(nn.Linear):
+    """nn.Linear without bias that picks the faster GEMM layout for decode-sized inputs.
+
+    With float32 weights and a handful of rows (a decode step), the CPU BLAS computes
+    W @ x.T noticeably faster than x @ W.T (lm_head at 16 rows: about 1.6x, measured with
+    `bench`); bf16 and large inputs keep the usual layout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        w = self.weight
+        if w.dtype == torch.float32 and w.device.type == "cpu" and 2 <= rows <= 64:
+            flat = x.reshape(rows, x.shape[-1])
+            return (w @ flat.t()).t().contiguous().view(*x.shape[:-1], w.shape[0])
+        return F.linear(x, w)
+
+
 def norm(x: torch.Tensor) -> torch.Tensor:
     # nanochat's parameter-free RMSNorm (eps = machine epsilon of the dtype)
     return F.rms_norm(x, (x.size(-1),))
@@ -90,11 +107,11 @@ class Attention(nn.Module):
         super().__init__()
         c, hd = config.n_embd, config.head_dim
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, hd
-        self.c_q = nn.Linear(c, config.n_head * hd, bias=False)
-        self.c_k = nn.Linear(c, config.n_kv_head * hd, bias=False)
-        self.c_v = nn.Linear(c, config.n_kv_head * hd, bias=False)
-        self.c_proj = nn.Linear(c, c, bias=False)
-        self.ve_gate = nn.Linear(spec.ve_gate_channels, config.n_kv_head, bias=False) if has_ve else None
+        self.c_q = Linear(c, config.n_head * hd, bias=False)
+        self.c_k = Linear(c, config.n_kv_head * hd, bias=False)
+        self.c_v = Linear(c, config.n_kv_head * hd, bias=False)
+        self.c_proj = Linear(c, c, bias=False)
+        self.ve_gate = Linear(spec.ve_gate_channels, config.n_kv_head, bias=False) if has_ve else None
         self.ve_gate_channels = spec.ve_gate_channels
         self.ve_gate_scale = spec.ve_gate_scale
         self.qk_scale = spec.qk_scale
@@ -118,8 +135,8 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.relu(self.c_fc(x)).square())
@@ -146,7 +163,7 @@ class GPT(nn.Module):
             "wte": nn.Embedding(padded, config.n_embd),
             "h": nn.ModuleList([Block(config, spec, i in self.ve_layers) for i in range(n_layer)]),
         })
-        self.lm_head = nn.Linear(config.n_embd, padded, bias=False)
+        self.lm_head = Linear(config.n_embd, padded, bias=False)
         if spec.resid_lambdas:
             self.resid_lambdas = nn.Parameter(torch.ones(n_layer))
             self.x0_lambdas = nn.Parameter(torch.zeros(n_layer))
@@ -154,7 +171,7 @@ class GPT(nn.Module):
             kv_dim = config.n_kv_head * config.head_dim
             self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(padded, kv_dim) for i in self.ve_layers})
         if spec.smear:
-            self.smear_gate = nn.Linear(24, 1, bias=False)
+            self.smear_gate = Linear(24, 1, bias=False)
             self.smear_lambda = nn.Parameter(torch.zeros(1))
         if spec.backout:
             self.backout_lambda = nn.Parameter(torch.zeros(1))
