@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--engine-only", action="store_true")
     parser.add_argument("--batch", type=int, default=16, help="engine-only batch size")
-    parser.add_argument("--layout", default="same,ragged", help="engine-only row positions: same, ragged")
+    parser.add_argument("--layout", default="same,ragged", help="engine-only row positions: same, ragged, shuffled")
     parser.add_argument("--prompt-len", type=int, default=300, help="engine-only mean prompt tokens")
     parser.add_argument("--gen-tokens", type=int, default=96, help="engine-only tokens per row")
     parser.add_argument("--suite", action="store_true")

@@ -2,13 +2,14 @@
 
 B independent greedy requests are submitted at once; once every row has prefilled,
 the steps where all B rows decode together are timed wall-clock (loop overhead
-included). "same" puts every row at the same position; "ragged" spreads prompt
-lengths around the same mean, so rows sit at different positions.
+included). "same" puts every row at the same position; "ragged" and "shuffled" spread
+prompt lengths around the same mean, so rows sit at different positions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 
@@ -16,15 +17,22 @@ import torch
 
 from nanochat_gateway.engine.executor import DeviceExecutor, ExecutorOptions, StepInfo
 from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, SamplingParams
-from nanochat_gateway.model.loader import LoadedModel
+from nanochat_gateway.model.loader import load_model
 
 
-def prompt_lengths(batch: int, mean: int, layout: str) -> list[int]:
+def prompt_lengths(batch: int, mean: int, layout: str, seed: int = 0) -> list[int]:
+    """"same": every row at one position; "ragged": evenly spread over [mean/5, 9*mean/5]
+    (the same mean) in arrival order, as rows admitted over time sit; "shuffled": the same
+    lengths in random slot order, the worst case for grouping rows by position."""
     if layout == "same" or batch == 1:
         return [mean] * batch
-    # evenly spread over [mean/5, 9*mean/5]: the same mean, positions far apart
     lo, hi = max(1, mean // 5), mean * 9 // 5
-    return [round(lo + (hi - lo) * i / (batch - 1)) for i in range(batch)]
+    lengths = [round(lo + (hi - lo) * i / (batch - 1)) for i in range(batch)]
+    if layout == "shuffled":
+        random.Random(seed).shuffle(lengths)
+    elif layout != "ragged":
+        raise ValueError(f"unknown layout {layout!r}: use same, ragged or shuffled")
+    return lengths
 
 
 async def _drain(stream) -> int:
@@ -37,13 +45,17 @@ async def _drain(stream) -> int:
     return tokens
 
 
-async def decode_throughput(loaded: LoadedModel, *, batch: int, layout: str = "same", prompt_len: int = 300,
+async def decode_throughput(source: str, *, dtype: str, batch: int, layout: str = "same", prompt_len: int = 300,
                             gen_tokens: int = 64, threads: int = 0, seed: int = 0) -> dict:
-    """Tokens/s of full-batch decode steps for `batch` rows of independent requests."""
-    options = ExecutorOptions(max_batch_size=batch, max_seq_len=loaded.config.sequence_len,
-                              prefill_chunk_tokens=max(256, prompt_len * 2), cpu_threads=threads,
-                              admit_window_ms=20.0)
-    executor = DeviceExecutor("bench", loaded.device, lambda device: loaded, options)
+    """Tokens/s of full-batch decode steps for `batch` rows of independent requests.
+
+    The model is loaded by the executor's own thread, as the server does: torch work done
+    on another thread first would leave a second OpenMP pool behind that slows the steps.
+    """
+    options = ExecutorOptions(max_batch_size=batch, prefill_chunk_tokens=max(256, prompt_len * 2),
+                              cpu_threads=threads or (os.cpu_count() or 1), admit_window_ms=20.0)
+    device = torch.device("cpu")
+    executor = DeviceExecutor("bench", device, lambda d: load_model(source, device=d, dtype=dtype), options)
     steps: list[tuple[float, StepInfo]] = []
     executor.step_listeners.append(lambda info: steps.append((time.perf_counter(), info)))
     executor.start(asyncio.get_running_loop())
@@ -51,13 +63,14 @@ async def decode_throughput(loaded: LoadedModel, *, batch: int, layout: str = "s
         await asyncio.sleep(0.01)
     if executor.state != "ready":
         raise RuntimeError(f"executor failed: {executor.failure}")
+    loaded = executor.loaded
     rng = random.Random(seed)
     specials = loaded.tokenizer.special_ids
     vocab = [t for t in range(loaded.config.vocab_size) if t not in specials]
     requests = [
         GenerationRequest(prompt_ids=[loaded.tokenizer.bos_id] + rng.choices(vocab, k=n - 1),
                           max_tokens=gen_tokens, sampling=SamplingParams(temperature=0.0))
-        for n in prompt_lengths(batch, prompt_len, layout)
+        for n in prompt_lengths(batch, prompt_len, layout, seed)
     ]
     try:
         streams = [executor.submit(r) for r in requests]
@@ -70,7 +83,7 @@ async def decode_throughput(loaded: LoadedModel, *, batch: int, layout: str = "s
     seconds = full[-1] - full[0]
     return {
         "batch": batch, "layout": layout, "dtype": str(loaded.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "decode_steps": len(full) - 1,
+        "threads": options.cpu_threads, "decode_steps": len(full) - 1,
         "tokens_per_s": batch * (len(full) - 1) / seconds, "step_ms": 1000 * seconds / (len(full) - 1),
         "tokens_generated": produced,
     }

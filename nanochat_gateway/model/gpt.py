@@ -212,9 +212,11 @@ class GPT(nn.Module):
         return self.value_embeds[str(i)](idx) if i in self.ve_layers else None
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(norm(x))[..., : self.config.vocab_size].float()
+        logits = self.lm_head(norm(x))[..., : self.config.vocab_size]
+        # a fresh float32 tensor we own, so the softcap runs in place (no extra vocab-sized passes)
+        logits = logits.float() if logits.dtype != torch.float32 else logits.contiguous()
         cap = self.spec.softcap
-        return cap * torch.tanh(logits / cap)
+        return logits.div_(cap).tanh_().mul_(cap)
 
     # --------------------------------------------------------- no-cache forward
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
