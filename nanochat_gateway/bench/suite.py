@@ -80,7 +80,7 @@ async def run_suite(model: str, args: argparse.Namespace) -> dict:
                           max_tokens=args.gen_tokens * 2, ignore_ids=ignore)
         sixteen = await drive(url, model_id, requests=16, concurrency=16, prompt_words=args.prompt_words,
                               max_tokens=args.gen_tokens * 2, ignore_ids=ignore)
-        lone = await drive(url, model_id, requests=3, concurrency=1, prompt_words=100, max_tokens=64,
+        lone = await drive(url, model_id, requests=8, concurrency=1, prompt_words=100, max_tokens=64,
                            ignore_ids=ignore)
         load = await drive(url, model_id, requests=64, concurrency=16, prompt_words=100, max_tokens=64,
                            ignore_ids=ignore)
