@@ -8,9 +8,25 @@ view covers few idle slots.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from nanochat_gateway.model.gpt import ModelConfig
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A zero tensor whose pages are only touched when used, on the CPU.
+
+    torch.zeros writes every byte up front (seconds for a multi-GB cache); numpy's zeros
+    uses calloc, so the OS hands out zero pages lazily. Zeros, not garbage, matter: masked
+    keys still take part in p @ V, and 0 x NaN would poison a row.
+    """
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * dtype.itemsize
+    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
 
 
 class SlotKVCache:
@@ -26,8 +42,8 @@ class SlotKVCache:
     ):
         self.n_slots, self.max_seq_len = n_slots, max_seq_len
         shape = (config.n_layer, n_slots, config.n_kv_head, max_seq_len, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = _zeros(shape, dtype, device)
+        self.v = _zeros(shape, dtype, device)
         # Smear mixes the previous token's embedding in, so each slot remembers its last one.
         self.prev_embed = torch.zeros(n_slots, config.n_embd, dtype=dtype, device=device) if smear else None
 
