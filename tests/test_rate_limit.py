@@ -14,7 +14,8 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from nanochat_gateway.plugins import API_KEY_NAME, CLIENT_ADDRESS, Plugin
-from plugins.rate_limit import PERIOD_US, RateLimit, RateLimitSettings, format_duration, gcra, quota
+from plugins.rate_limit import RateLimit, RateLimitSettings
+from plugins.rate_limit_backends import PERIOD_US, format_duration, gcra, quota
 
 
 class Recorder(Plugin):
