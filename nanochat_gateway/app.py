@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry
 from nanochat_gateway.api import routes
 from nanochat_gateway.api.middleware import request_context
 from nanochat_gateway.config import Settings
-from nanochat_gateway.engine.executor import DeviceExecutor, ExecutorOptions
+from nanochat_gateway.engine.executor import DeviceExecutor
+from nanochat_gateway.engine.options import ExecutorOptions
 from nanochat_gateway.engine.router import Router
 from nanochat_gateway.model.device import resolve_devices
 from nanochat_gateway.model.loader import LoadedModel, load_model

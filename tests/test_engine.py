@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import golden_expected, golden_model
-from nanochat_gateway.engine.executor import DeviceExecutor, ExecutorOptions
+from nanochat_gateway.engine.executor import DeviceExecutor
+from nanochat_gateway.engine.options import ExecutorOptions
 from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, SamplingParams
 from nanochat_gateway.engine.router import Router
 

@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from nanochat_gateway.engine.executor import DeviceExecutor, ExecutorOptions, StepInfo
+from nanochat_gateway.engine.executor import DeviceExecutor
+from nanochat_gateway.engine.options import ExecutorOptions, StepInfo
 from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, SamplingParams
 from nanochat_gateway.model.loader import load_model
 

@@ -23,11 +23,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from nanochat_gateway.engine.kv_cache import SlotKVCache
+from nanochat_gateway.engine.options import ExecutorOptions, StepInfo, check_kv_fits
 from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, TokenLogprob
 from nanochat_gateway.engine.rows import Job, Row, RowTools
 from nanochat_gateway.engine.sampling import select_tokens
@@ -37,30 +37,6 @@ from nanochat_gateway.model.loader import LoadedModel
 from nanochat_gateway.model.step import StepBatch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ExecutorOptions:
-    max_batch_size: int = 16
-    max_seq_len: int = 0  # 0 = the model's sequence_len
-    prefill_chunk_tokens: int = 256
-    max_queue: int = 256
-    cpu_threads: int = 0
-    admit_window_ms: float = 3.0
-    kv_cache_memory_fraction: float = 0.9
-    calculator: bool = True
-
-
-@dataclass(slots=True)
-class StepInfo:
-    """What one step did, for metrics listeners (called on the executor thread)."""
-
-    executor: str
-    batch_size: int
-    prefill_tokens: int
-    decode_tokens: int
-    seconds: float
-    slots_used: int
 
 
 class DeviceExecutor:
@@ -474,32 +450,3 @@ class DeviceExecutor:
             self._emit(job.stream, EngineError("shutdown", "the server is shutting down"))
         self._slot_rows = [None] * len(self._slot_rows)
         self._flush()
-
-
-def check_kv_fits(device: torch.device, needed: int, options: ExecutorOptions, per_token: int) -> None:
-    """Refuse a KV cache that cannot fit, saying what to lower."""
-    available = available_memory(device)
-    if available is None:
-        return
-    budget = int(available * options.kv_cache_memory_fraction)
-    if needed > budget:
-        raise MemoryError(
-            f"the KV cache needs {needed / 2**30:.2f} GiB ({options.max_batch_size} slots x "
-            f"max_seq_len tokens x {per_token} B/token) but only {budget / 2**30:.2f} GiB of {device} memory "
-            "is available for it; lower [engine] max_batch_size or max_seq_len"
-        )
-
-
-def available_memory(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return free
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-    return None
