@@ -312,12 +312,14 @@ class DeviceExecutor:
             take = min(len(row.feed), budget)
             chunks.append((row, take))
             budget -= take
-        completes = [row for row, take in chunks if take == len(row.feed)]
+        # row numbers in the packed step: decode rows first, then prefill chunks
+        completing = [len(decode) + i for i, (row, take) in enumerate(chunks) if take == len(row.feed)]
+        completes = [chunks[i - len(decode)][0] for i in completing]
         order = decode + [row for row, _ in chunks]
         batch = StepBatch.build(
             decode=[(r.slot, r.pos, r.feed[0]) for r in decode],
             prefill=[(r.slot, r.pos, r.feed[:take]) for r, take in chunks],
-            logits_for=[order.index(r) for r in decode + completes],
+            logits_for=[*range(len(decode)), *completing],
             device=self.device,
         )
         start = time.perf_counter()
