@@ -20,6 +20,7 @@ built-in module of the top-level ``plugins`` package, an entry point in the grou
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import logging
@@ -51,6 +52,20 @@ CLIENT_ADDRESS = web.RequestKey("nanochat_gateway.client", str)  # a proxy-aware
 # Headers to add to the response, applied just before headers are sent, so they reach
 # streamed (SSE) responses too: use add_response_headers().
 RESPONSE_HEADERS = web.RequestKey("nanochat_gateway.response_headers", dict)
+
+
+def exception_status(exc: BaseException, *, client_left: bool = False) -> int:
+    """The status a client sees when a handler raises `exc`, for middlewares that log or count.
+
+    APIError and aiohttp's HTTPException carry one; a reset or cancelled connection is 499
+    ("client closed request"), as is any error after the generation saw the client leave.
+    """
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
+    if client_left or isinstance(exc, ConnectionResetError | asyncio.CancelledError):
+        return 499
+    return 500
 
 
 def add_response_headers(request: web.Request, headers: dict[str, str]) -> None:

@@ -38,7 +38,6 @@ Events other plugins report with PluginContext.count:
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -57,6 +56,7 @@ from nanochat_gateway.plugins import (
     Handler,
     Plugin,
     PluginContext,
+    exception_status,
 )
 
 # vLLM's buckets (ANCHORS 2b) with extra 0.2-1 s resolution, where CPU decoding lives.
@@ -98,16 +98,6 @@ def route_label(request: web.Request) -> str:
     except AttributeError:
         return "other"
     return resource.canonical if resource is not None else "other"
-
-
-def exception_status(exc: BaseException) -> int:
-    """The status the client sees when a handler raises `exc` (APIError and HTTPException carry one)."""
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        return status
-    if isinstance(exc, ConnectionResetError | asyncio.CancelledError):
-        return 499
-    return 500
 
 
 class BoundedLabel:
@@ -279,10 +269,9 @@ class Metrics(Plugin):
             status = response.status
             return response
         except BaseException as exc:
-            status = exception_status(exc)
             ctx = request.get(GENERATION)
-            if status == 500 and ctx is not None and ctx.state.get(self.name) == 499:
-                status = 499  # the generation saw the client leave (ClientGone)
+            # the generation saw the client leave (ClientGone) when it recorded 499
+            status = exception_status(exc, client_left=ctx is not None and ctx.state.get(self.name) == 499)
             raise
         finally:
             endpoint = route_label(request)

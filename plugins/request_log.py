@@ -20,7 +20,6 @@ Put ``request_log`` first in ``[plugins] enabled`` so requests that other plugin
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -37,6 +36,7 @@ from nanochat_gateway.plugins import (
     GenerationResult,
     Handler,
     Plugin,
+    exception_status,
 )
 
 log = logging.getLogger("nanochat_gateway.request")
@@ -53,17 +53,6 @@ class RequestLogSettings(BaseModel):
     )
     log_prompts: bool = Field(False, description="Add the rendered prompt text to each generation's line.")
     max_logged_chars: int = Field(2000, ge=0, description="Longest prompt text logged with log_prompts.")
-
-
-def _status(exc: BaseException, ctx: GenerationContext | None, result: GenerationResult | None) -> int:
-    status = getattr(exc, "status", None)  # APIError and aiohttp's HTTPException carry one
-    if isinstance(status, int):
-        return status
-    if isinstance(exc, ConnectionResetError | asyncio.CancelledError):
-        return 499
-    if ctx is not None and result is not None and result.status == 499:
-        return 499  # the generation saw the client leave
-    return 500
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -87,7 +76,8 @@ class RequestLog(Plugin):
             return response
         except BaseException as exc:
             ctx = request.get(GENERATION)
-            status = _status(exc, ctx, ctx.state.get(self.name) if ctx is not None else None)
+            result = ctx.state.get(self.name) if ctx is not None else None
+            status = exception_status(exc, client_left=result is not None and result.status == 499)
             raise
         finally:
             self._log(request, status, time.perf_counter() - start)
