@@ -53,15 +53,20 @@ def _largest_tag(checkpoints_dir: Path) -> str:
     return max(tags, key=lambda p: p.stat().st_mtime).name  # nanochat's fallback: newest
 
 
-def _pick_step(directory: Path, step: int | None) -> int:
-    steps = _steps(directory)
+def choose_step(steps: list[int], step: int | None, *, where: str, files: str = "model_<step>.pt",
+                error: type[CheckpointError] = CheckpointError) -> int:
+    """The requested step, or the last one as nanochat picks it, from the steps present."""
     if not steps:
-        raise CheckpointError(f"{directory}: no model_<step>.pt files")
+        raise error(f"no {files} files in {where}")
     if step is None:
         return steps[-1]
     if step not in steps:
-        raise CheckpointError(f"{directory}: no checkpoint for step {step} (have {steps})")
+        raise error(f"no checkpoint for step {step} in {where} (have {steps})")
     return step
+
+
+def _pick_step(directory: Path, step: int | None) -> int:
+    return choose_step(_steps(directory), step, where=str(directory))
 
 
 def _find_tokenizer(*candidates: Path) -> Path:

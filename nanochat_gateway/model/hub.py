@@ -40,6 +40,7 @@ from nanochat_gateway.model.checkpoint import (
     CHECKPOINT_DIRS,
     CheckpointError,
     _largest_tag,
+    choose_step,
     find_checkpoint,
 )
 
@@ -323,13 +324,7 @@ def _meta_steps(directory: Path) -> list[int]:
 
 
 def _choose_step(steps: list[int], step: int | None, where: str) -> int:
-    if not steps:
-        raise HubError(f"no meta_<step>.json files in {where}")
-    if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise HubError(f"no checkpoint for step {step} in {where} (have {steps})")
-    return step
+    return choose_step(steps, step, where=where, files="meta_<step>.json", error=HubError)
 
 
 def _cache_path(cache_dir: str | Path | None) -> str:
