@@ -93,3 +93,19 @@ def start_gateway(aiohttp_server, tiny_model_dir):
         return gateway
 
     return start
+
+
+@pytest.fixture
+async def gateway(start_gateway):
+    """A gateway with 4 slots; modules needing another configuration define their own."""
+    return await start_gateway(**{"engine.max_batch_size": 4})
+
+
+@pytest.fixture
+async def client(gateway):
+    """The official async openai client pointed at `gateway`, without retries."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+    yield client
+    await client.close()

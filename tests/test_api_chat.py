@@ -12,18 +12,6 @@ from test_api_support import USER_HI, byte_token, parse_sse, post_json, script_t
 from nanochat_gateway.model.chat_template import render_for_completion
 
 
-@pytest.fixture
-async def gateway(start_gateway):
-    return await start_gateway(**{"engine.max_batch_size": 4})
-
-
-@pytest.fixture
-async def client(gateway):
-    client = AsyncOpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
-    yield client
-    await client.close()
-
-
 def rendered_prompt_tokens(gateway, messages) -> int:
     return len(render_for_completion(gateway.state.model.tokenizer, messages))
 

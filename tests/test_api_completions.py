@@ -5,21 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import pytest
-from openai import AsyncOpenAI, OpenAI
+from openai import OpenAI
 from test_api_support import byte_token, stream_sse
-
-
-@pytest.fixture
-async def gateway(start_gateway):
-    return await start_gateway(**{"engine.max_batch_size": 4})
-
-
-@pytest.fixture
-async def client(gateway):
-    client = AsyncOpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
-    yield client
-    await client.close()
 
 
 def no_stop(gateway) -> dict[str, int]:
