@@ -217,7 +217,10 @@ async def test_hook_order_lifecycle_and_on_response_usage(start_gateway):
     gateway = await start_gateway(**{"plugins.enabled": [f"{__name__}:First", f"{__name__}:Second"]})
     assert CALLS == ["startup:first", "startup:second"]
     CALLS.clear()
-    body = {"model": gateway.model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    tokenizer = gateway.state.model.tokenizer
+    body = {"model": gateway.model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+            # greedy, with the end tokens biased away, so the answer always runs to max_tokens
+            "temperature": 0, "logit_bias": {str(tokenizer.bos_id): -100, str(tokenizer.assistant_end): -100}}
     async with aiohttp.ClientSession() as session, session.post(
         f"{gateway.url}/v1/chat/completions", json=body
     ) as resp:

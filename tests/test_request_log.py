@@ -42,8 +42,12 @@ def log_lines():
     logger.setLevel(old_level)
 
 
-async def post_chat(session, url: str, model: str, **body) -> aiohttp.ClientResponse:
-    payload = {"model": model, "messages": [{"role": "user", "content": SECRET_PROMPT}], "max_tokens": 4, **body}
+async def post_chat(session, gateway, **body) -> aiohttp.ClientResponse:
+    url, model, tokenizer = gateway.url, gateway.model_id, gateway.state.model.tokenizer
+    # Biasing the end tokens away keeps every completion at max_tokens ("length").
+    no_end = {str(tokenizer.bos_id): -100, str(tokenizer.assistant_end): -100}
+    payload = {"model": model, "messages": [{"role": "user", "content": SECRET_PROMPT}], "max_tokens": 4,
+               "temperature": 0, "logit_bias": no_end, **body}
     headers = {"Authorization": f"Bearer {SECRET_KEY}", "User-Agent": "test-agent/1.0", "x-request-id": "req-log-1"}
     async with session.post(f"{url}/v1/chat/completions?token={SECRET_KEY}", json=payload, headers=headers) as resp:
         await resp.read()
@@ -55,7 +59,7 @@ async def test_one_line_per_request_with_fields_and_no_secrets(start_gateway, lo
         "plugins.enabled": ["request_log", f"{__name__}:NamesTheKey", "stop_sequences"],
     })
     async with aiohttp.ClientSession() as session:
-        resp = await post_chat(session, gateway.url, gateway.model_id)
+        resp = await post_chat(session, gateway)
         assert resp.status == 200
         async with session.get(f"{gateway.url}/health") as health:  # skipped by default
             assert health.status == 200
@@ -103,7 +107,7 @@ async def test_log_prompts_adds_the_rendered_prompt_truncated(start_gateway, log
         "plugins.request_log.skip_paths": [],
     })
     async with aiohttp.ClientSession() as session:
-        await post_chat(session, gateway.url, gateway.model_id, stream=True)
+        await post_chat(session, gateway, stream=True)
         async with session.get(f"{gateway.url}/health"):
             pass
     first, health = log_lines()
