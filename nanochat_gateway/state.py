@@ -38,7 +38,7 @@ class GatewayState:
         if self.router is None:
             return None
         for executor in self.router.executors:
-            if executor.state == "ready":
+            if executor.status == "ready":
                 return executor.loaded
         return None
 

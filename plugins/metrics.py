@@ -24,7 +24,7 @@ Executors (read from the router at scrape time, so nothing goes stale):
     nanochat_kv_slots_used{executor,device}                           gauge
     nanochat_kv_slots_total{executor,device}                          gauge
     nanochat_executor_ready{executor,device}                          gauge (1 = serving)
-Engine steps (executor.step_listeners, called on the executor thread):
+Engine steps (executor.hooks.listeners, called on the executor thread):
     nanochat_batch_size{executor}                                     histogram (rows per step)
     nanochat_step_duration_seconds{executor}                          histogram
     nanochat_prefill_tokens_total{executor}                           counter
@@ -125,7 +125,7 @@ class ExecutorCollector(Collector):
         ("nanochat_num_requests_waiting", "Requests queued for a KV slot.", lambda e: e.waiting),
         ("nanochat_kv_slots_used", "KV-cache slots (rows) in use.", lambda e: e.slots_used),
         ("nanochat_kv_slots_total", "KV-cache slots (rows) of this executor.", lambda e: e.options.max_batch_size),
-        ("nanochat_executor_ready", "1 when the executor serves requests.", lambda e: int(e.state == "ready")),
+        ("nanochat_executor_ready", "1 when the executor serves requests.", lambda e: int(e.status == "ready")),
     )
 
     def __init__(self, plugin: Metrics):
@@ -234,13 +234,13 @@ class Metrics(Plugin):
         self._router = router
         for executor in router.executors:
             listener = self._step_listener(executor.name)
-            executor.step_listeners.append(listener)
+            executor.hooks.listeners.append(listener)
             self._listeners.append((executor, listener))
 
     def _detach(self) -> None:
         for executor, listener in self._listeners:
-            if listener in executor.step_listeners:
-                executor.step_listeners.remove(listener)
+            if listener in executor.hooks.listeners:
+                executor.hooks.listeners.remove(listener)
         self._listeners.clear()
         self._router = None
 

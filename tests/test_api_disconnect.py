@@ -88,19 +88,19 @@ async def test_streaming_client_disconnect_frees_the_slot(gateway, path):
         body = {k: v for k, v in body.items() if k != "messages"} | {"prompt": "Once"}
     reader, writer = await open_raw(gateway, path, body)
     await reader.readuntil(b"data:")
-    await wait_until(lambda: executor.stats_decoded > 20, timeout=2)  # tokens are flowing
+    await wait_until(lambda: executor.counters.tokens_decoded > 20, timeout=2)  # tokens are flowing
     await close(writer)
     await wait_until(engine_idle(gateway), timeout=1)
-    assert executor.stats_decoded < LONG_TOKENS
+    assert executor.counters.tokens_decoded < LONG_TOKENS
 
 
 async def test_non_streaming_client_disconnect_frees_the_slot(gateway):
     executor = gateway.state.router.executors[0]
     _, writer = await open_raw(gateway, "/v1/chat/completions", long_chat(gateway))
-    await wait_until(lambda: executor.stats_decoded > 20, timeout=2)  # generating, nothing sent yet
+    await wait_until(lambda: executor.counters.tokens_decoded > 20, timeout=2)  # generating, nothing sent yet
     await close(writer)
     await wait_until(engine_idle(gateway), timeout=1)
-    assert executor.stats_decoded < LONG_TOKENS
+    assert executor.counters.tokens_decoded < LONG_TOKENS
 
 
 @pytest.mark.parametrize("stream", [False, True])

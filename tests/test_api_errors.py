@@ -295,7 +295,7 @@ async def test_a_server_error_mid_stream_ends_with_an_error_event_then_done(gate
         if next(steps) >= 4:
             raise RuntimeError("injected fault")
 
-    executor.fault_injector = fail_after_a_few_steps
+    executor.hooks.fault_injector = fail_after_a_few_steps
     body = chat(gateway.model_id, max_tokens=50, stream=True, logit_bias=no_stop(gateway))
     async with aiohttp.ClientSession() as session:
         _, sse = await stream_sse(session, f"{gateway.base_url}/chat/completions", body)
@@ -315,7 +315,7 @@ async def test_a_server_error_mid_stream_ends_with_an_error_event_then_done(gate
         with pytest.raises(openai.InternalServerError) as info:
             await client.chat.completions.create(model=gateway.model_id, messages=USER_HI, max_tokens=5)
         assert info.value.status_code == 500 and info.value.body["type"] == "server_error"
-    executor.fault_injector = None
+    executor.hooks.fault_injector = None
     await wait_until(engine_idle(gateway), timeout=1)
 
 

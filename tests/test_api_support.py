@@ -105,9 +105,9 @@ def script_tokens(monkeypatch, script: list[int]) -> Callable[[], None]:
     the real executor, detokenizer, plugins and SSE writer with a known token sequence.
     Returns a function that restarts the script for the next request.
     """
-    import nanochat_gateway.engine.executor as executor_module
+    import nanochat_gateway.engine.scheduler as scheduler_module
 
-    original = executor_module.select_tokens
+    original = scheduler_module.select_tokens
     position = {"i": 0}
 
     def scripted(logits, samplers):
@@ -116,5 +116,5 @@ def script_tokens(monkeypatch, script: list[int]) -> Callable[[], None]:
         position["i"] += 1
         return original(logits, samplers)
 
-    monkeypatch.setattr(executor_module, "select_tokens", scripted)
+    monkeypatch.setattr(scheduler_module, "select_tokens", scripted)
     return lambda: position.update(i=0)

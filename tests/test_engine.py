@@ -22,7 +22,7 @@ async def start_executor(loaded, name="cpu0", **options) -> DeviceExecutor:
     executor.start(asyncio.get_running_loop())
     while not executor.ready.is_set():
         await asyncio.sleep(0.005)
-    assert executor.state == "ready", executor.failure
+    assert executor.status == "ready", executor.failure
     return executor
 
 
@@ -112,9 +112,9 @@ async def test_n_choices_share_one_prefill_and_differ():
         prompt = golden_expected("2026-07")["prompt"][:120]
         params = SamplingParams(temperature=1.0, seed=5)
         single = (await collect(executor.submit(GenerationRequest(prompt, 15, params))))[0][0]
-        before = executor.stats_prefilled
+        before = executor.counters.tokens_prefilled
         tokens, reasons, _ = await collect(executor.submit(GenerationRequest(prompt, 15, SamplingParams(1.0, seed=5), n=3)))
-        assert executor.stats_prefilled - before == len(prompt)  # one prefill for three choices
+        assert executor.counters.tokens_prefilled - before == len(prompt)  # one prefill for three choices
         assert tokens[0] == single  # choice 0 uses the request's own seed
         assert len({tuple(t) for t in tokens}) == 3 and reasons == ["length"] * 3
         greedy_n = (await collect(executor.submit(greedy(prompt, 10, n=2))))[0]
@@ -229,7 +229,7 @@ async def test_a_failing_step_fails_only_its_requests_and_the_executor_keeps_ser
             if poison in batch.tokens.tolist():
                 raise RuntimeError("injected fault")
 
-        executor.fault_injector = injector
+        executor.hooks.fault_injector = injector
         good = executor.submit(greedy([291, 5, 6, 7], 30))
         while not good.first_token_at:
             await asyncio.sleep(0.005)
@@ -238,10 +238,10 @@ async def test_a_failing_step_fails_only_its_requests_and_the_executor_keeps_ser
             with pytest.raises(EngineError) as failed:
                 await collect(stream)
             assert failed.value.kind == "internal"
-        executor.fault_injector = None
+        executor.hooks.fault_injector = None
         tokens, reasons, _ = await collect(executor.submit(greedy([291, 5, 6, 7], 5)))
         assert reasons == ["length"] and len(tokens[0]) == 5
-        assert executor.state == "ready" and executor.running == 0
+        assert executor.status == "ready" and executor.running == 0
     finally:
         executor.stop()
 
@@ -258,7 +258,7 @@ async def test_out_of_memory_in_prefill_fails_that_request_only():
                 state["armed"] = False
                 raise torch.OutOfMemoryError("injected OOM")
 
-        executor.fault_injector = injector
+        executor.hooks.fault_injector = injector
         survivor = executor.submit(greedy(prompt, 30))
         while not survivor.first_token_at:
             await asyncio.sleep(0.005)
@@ -302,13 +302,13 @@ async def _run_scripted(stream, script):
         position["i"] += 1
         return original(logits, samplers)
 
-    import nanochat_gateway.engine.executor as executor_module
+    import nanochat_gateway.engine.scheduler as scheduler_module
 
-    executor_module.select_tokens = scripted
+    scheduler_module.select_tokens = scripted
     try:
         tokens, reasons, _ = await collect(stream)
     finally:
-        executor_module.select_tokens = original
+        scheduler_module.select_tokens = original
     return tokens[0], reasons, None
 
 
@@ -325,10 +325,10 @@ async def test_events_cross_to_asyncio_once_per_step(monkeypatch):
             return real(callback, *args, **kwargs)
 
         monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
-        steps_before = executor.stats_steps
+        steps_before = executor.counters.steps
         streams = [executor.submit(greedy(p, 20)) for p in random_prompts(6, seed=3, hi=30)]
         await asyncio.gather(*(collect(s) for s in streams))
-        steps = executor.stats_steps - steps_before
+        steps = executor.counters.steps - steps_before
         # 6 requests x 20 tokens = 120 events; at most one hand-over per step (+1 for admission)
         assert calls["n"] <= steps + 1
     finally:
@@ -340,15 +340,19 @@ async def test_router_sends_each_request_to_the_least_loaded_executor():
     first = await start_executor(loaded, name="cpu0", max_batch_size=2)
     second = await start_executor(loaded, name="cpu1", max_batch_size=2)
     router = Router([first, second])
+
+    def owner(stream):
+        return next(e.name for e in (first, second) if stream in e.streams)
+
     try:
         streams = [router.submit(greedy([291, 5 + i], 10_000)) for i in range(3)]
-        assert [s.executor.name for s in streams] == ["cpu0", "cpu1", "cpu0"]
+        assert [owner(s) for s in streams] == ["cpu0", "cpu1", "cpu0"]
         streams[0].cancel()
         await collect(streams[0])
         fourth = router.submit(greedy([291, 9], 3))
-        assert fourth.executor.name == "cpu0"  # 1 request there versus 1 on cpu1: first wins the tie
+        assert owner(fourth) == "cpu0"  # 1 request there versus 1 on cpu1: first wins the tie
         fifth = router.submit(greedy([291, 9], 3))
-        assert fifth.executor.name == "cpu1"
+        assert owner(fifth) == "cpu1"
         for s in streams[1:]:
             s.cancel()
         await asyncio.gather(*(collect(s) for s in [*streams[1:], fourth, fifth]))
@@ -365,7 +369,7 @@ async def test_bf16_weights_keep_a_float32_kv_cache_on_cpu():
     assert loaded.kv_bytes_per_token == loaded.config.kv_bytes_per_token(torch.float32)
     executor = await start_executor(loaded)
     try:
-        assert executor.cache.k.dtype == torch.float32
+        assert executor.scheduler.cache.k.dtype == torch.float32
         tokens, reasons, _ = await collect(executor.submit(greedy(golden_expected("2026-07")["prompt"][:50], 8)))
         assert reasons == ["length"] and len(tokens[0]) == 8
     finally:

@@ -95,7 +95,7 @@ async def test_requests_tokens_and_latency_histograms(start_gateway):
 async def test_gauges_follow_held_streams_and_disconnects(start_gateway):
     gateway = await start_gateway(**{"plugins.enabled": ["metrics"], "engine.max_batch_size": 1})
     executor = gateway.state.router.executors[0]
-    executor.fault_injector = lambda batch: time.sleep(0.02)  # slow steps keep the first stream running
+    executor.hooks.fault_injector = lambda batch: time.sleep(0.02)  # slow steps keep the first stream running
     labels = {"executor": executor.name}
     async with aiohttp.ClientSession() as session:
         running = await open_stream(session, gateway.url, max_tokens=400)
@@ -127,7 +127,7 @@ async def test_an_error_event_in_a_stream_is_http_200_but_a_failed_generation(st
     def fail(batch):
         raise RuntimeError("injected")
 
-    gateway.state.router.executors[0].fault_injector = fail
+    gateway.state.router.executors[0].hooks.fault_injector = fail
     async with aiohttp.ClientSession() as session:
         payload = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         async with session.post(gateway.url + CHAT, json=payload) as resp:

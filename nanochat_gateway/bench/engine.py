@@ -58,11 +58,11 @@ async def decode_throughput(source: str, *, dtype: str, batch: int, layout: str 
     device = torch.device("cpu")
     executor = DeviceExecutor("bench", device, lambda d: load_model(source, device=d, dtype=dtype), options)
     steps: list[tuple[float, StepInfo]] = []
-    executor.step_listeners.append(lambda info: steps.append((time.perf_counter(), info)))
+    executor.hooks.listeners.append(lambda info: steps.append((time.perf_counter(), info)))
     executor.start(asyncio.get_running_loop())
     while not executor.ready.is_set():
         await asyncio.sleep(0.01)
-    if executor.state != "ready":
+    if executor.status != "ready":
         raise RuntimeError(f"executor failed: {executor.failure}")
     loaded = executor.loaded
     rng = random.Random(seed)

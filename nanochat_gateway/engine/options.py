@@ -3,9 +3,12 @@ that refuses a KV cache that cannot fit."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
+
+from nanochat_gateway.model.step import StepBatch
 
 
 @dataclass
@@ -31,6 +34,22 @@ class StepInfo:
     seconds: float
     slots_used: int
 
+
+@dataclass
+class StepHooks:
+    """What watches each step (metrics, benchmarks), set on the loop and called on the thread."""
+
+    listeners: list[Callable[[StepInfo], None]] = field(default_factory=list)
+    fault_injector: Callable[[StepBatch], None] | None = None  # tests raise or stall from here
+
+
+@dataclass
+class StepCounters:
+    """Totals since start, written by the executor thread and read anywhere."""
+
+    steps: int = 0
+    tokens_prefilled: int = 0
+    tokens_decoded: int = 0
 
 
 def check_kv_fits(device: torch.device, needed: int, options: ExecutorOptions, per_token: int) -> None:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import Literal
+
+# How a choice ended inside the engine; "cancelled" never reaches a client as such.
+FinishReason = Literal["stop", "length", "cancelled"]
+EngineErrorKind = Literal["overloaded", "timeout", "internal", "invalid", "shutdown", "unavailable"]
 
 
 @dataclass
@@ -55,12 +60,12 @@ class ChoiceDelta:
     index: int
     token_ids: list[int]
     logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+    finish_reason: FinishReason | None = None
 
 
 class EngineError(Exception):
-    """A request-level failure: kind is overloaded | timeout | internal | invalid | shutdown."""
+    """A request-level failure, of one of the EngineErrorKind kinds."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: EngineErrorKind, message: str):
         super().__init__(message)
         self.kind, self.message = kind, message

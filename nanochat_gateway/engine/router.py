@@ -25,19 +25,19 @@ class Router:
 
     @property
     def is_ready(self) -> bool:
-        return all(e.state == "ready" for e in self.executors)
+        return all(e.status == "ready" for e in self.executors)
 
     @property
     def failures(self) -> list[str]:
-        return [f"{e.name}: {e.failure}" for e in self.executors if e.state == "failed"]
+        return [f"{e.name}: {e.failure}" for e in self.executors if e.status == "failed"]
 
     def submit(self, request: GenerationRequest) -> RequestStream:
         """Send to the ready executor holding the fewest requests (waiting + running)."""
-        ready = [e for e in self.executors if e.state == "ready"]
+        ready = [e for e in self.executors if e.status == "ready"]
         if not ready:
             raise EngineError("unavailable", "no executor is ready")
         # min() keeps list order on ties, so an idle server fills executors in order.
-        return min(ready, key=lambda e: e.load).submit(request)
+        return min(ready, key=lambda e: e.held_requests).submit(request)
 
     @property
     def running(self) -> int:

@@ -11,12 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
 
-from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest
-
-if TYPE_CHECKING:
-    from nanochat_gateway.engine.executor import DeviceExecutor
+from nanochat_gateway.engine.request import ChoiceDelta, EngineError, FinishReason, GenerationRequest
 
 
 class Admitted:
@@ -30,18 +26,18 @@ StreamItem = ChoiceDelta | EngineError | Admitted
 class RequestStream:
     """Token deltas of one request, in order, as the engine produces them."""
 
-    def __init__(self, request: GenerationRequest, executor: DeviceExecutor, loop: asyncio.AbstractEventLoop):
+    def __init__(self, request: GenerationRequest, cancel: Callable[[RequestStream, int | None], None],
+                 loop: asyncio.AbstractEventLoop):
         self.request = request
-        self.executor = executor
+        self._cancel = cancel  # asks the executor thread to free this request's slots
         self._loop = loop
         self._items: list[StreamItem] = []
         self._waiter: asyncio.Future[None] | None = None
         self._open_choices = set(range(request.n))
         self.admitted = False
         self.error: EngineError | None = None
-        self.cancelled = False
         self.completion_tokens = [0] * request.n
-        self.finish_reasons: list[str | None] = [None] * request.n
+        self.finish_reasons: list[FinishReason | None] = [None] * request.n
         now = time.monotonic()
         self.submitted_at = now
         self.admitted_at: float | None = None
@@ -124,11 +120,8 @@ class RequestStream:
 
     def cancel(self, choice: int | None = None) -> None:
         """Stop generating (one choice, or all). The slot is freed at the next step."""
-        if self.finished:
-            return
-        if choice is None:
-            self.cancelled = True
-        self.executor.cancel(self, choice)
+        if not self.finished:
+            self._cancel(self, choice)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
