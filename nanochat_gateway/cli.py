@@ -1,4 +1,4 @@
-"""nanochat-gateway command line: serve | inspect | download | demo-model | keys | bench."""
+"""nanochat-gateway command line: serve | inspect | download | demo-model | keys | bench | synth."""
 
 from __future__ import annotations
 
@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+
+    from nanochat_gateway.synth.cli import add_parser as add_synth_parser
+
+    add_synth_parser(sub)
     return parser
 
 
