@@ -126,12 +126,13 @@ async def test_retries_give_up_and_record_a_failure_that_resume_retries(aiohttp_
     assert records[0]["status"] == "accepted"  # index 0 asked again, not skipped
 
 
-async def test_401_stops_the_run_at_once_with_a_clear_message(aiohttp_server, tmp_path, monkeypatch, capsys):
+async def test_401_stops_the_run_at_once_with_a_clear_message(aiohttp_server, tmp_path, monkeypatch, capsys,
+                                                               tiny_model_dir):
     endpoint = ScriptedEndpoint(script=["401"], default="object")
     url = await _serve(aiohttp_server, endpoint)
     monkeypatch.setenv("MY_PROVIDER_KEY", "sk-wrong")
     argv = ["synth", "safety", "--base-url", url, "--model", "m", "--count", "4", "--concurrency", "1",
-            "--out", str(tmp_path / "s.jsonl"), "--api-key-env", "MY_PROVIDER_KEY"]
+            "--out", str(tmp_path / "s.jsonl"), "--api-key-env", "MY_PROVIDER_KEY", "--tokenizer", str(tiny_model_dir)]
     code = await asyncio.to_thread(main, argv)
     printed = capsys.readouterr().out
     assert code == 1
@@ -141,7 +142,8 @@ async def test_401_stops_the_run_at_once_with_a_clear_message(aiohttp_server, tm
     assert "sk-wrong" not in printed
 
 
-async def test_the_key_is_sent_as_a_bearer_token_from_the_environment(aiohttp_server, tmp_path, monkeypatch):
+async def test_the_key_is_sent_as_a_bearer_token_from_the_environment(aiohttp_server, tmp_path, monkeypatch,
+                                                                       tiny_model_dir):
     seen: list[str] = []
     endpoint = ScriptedEndpoint(default="object")
     original = endpoint.handle
@@ -154,7 +156,7 @@ async def test_the_key_is_sent_as_a_bearer_token_from_the_environment(aiohttp_se
     url = await _serve(aiohttp_server, endpoint)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123")
     code = await asyncio.to_thread(main, ["synth", "safety", "--base-url", url, "--model", "m", "--count", "1",
-                                          "--out", str(tmp_path / "s.jsonl")])
+                                          "--out", str(tmp_path / "s.jsonl"), "--tokenizer", str(tiny_model_dir)])
     assert code == 0 and seen == ["Bearer sk-test-123"]
 
 
@@ -233,3 +235,16 @@ def test_progress_line_shows_written_rejections_retries_and_tokens():
     display.show("a")
     display.finish("b")
     assert tty.getvalue() == "\ra\x1b[K\rb\x1b[K\n"
+
+
+async def test_options_that_cannot_work_exit_2_before_any_request(aiohttp_server, tmp_path, capsys, tiny_model_dir):
+    endpoint = ScriptedEndpoint(default="object")
+    url = await _serve(aiohttp_server, endpoint)
+    base = ["synth", "safety", "--base-url", url, "--model", "m", "--count", "1", "--out", str(tmp_path / "s.jsonl")]
+    assert await asyncio.to_thread(main, [*base, "--tokenizer", str(tmp_path / "nowhere")]) == 2
+    assert "--tokenizer" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, [*base, "--tokenizer", str(tiny_model_dir), "--seed", "1"]) == 0
+    requests = len(endpoint.arrivals)
+    assert await asyncio.to_thread(main, [*base, "--tokenizer", str(tiny_model_dir), "--seed", "2"]) == 2
+    assert "started with seed 1" in capsys.readouterr().err
+    assert len(endpoint.arrivals) == requests
