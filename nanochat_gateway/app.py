@@ -76,11 +76,11 @@ async def _plugin_lifecycle(app: web.Application):
 
 async def _engine_lifecycle(app: web.Application):
     state = app[STATE]
-    state._bring_up = asyncio.create_task(_bring_up(state))
+    state.bring_up = asyncio.create_task(_bring_up(state))
     yield
-    state._bring_up.cancel()
+    state.bring_up.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
-        await state._bring_up
+        await state.bring_up
     if state.router is not None:
         await asyncio.to_thread(state.router.stop)
 

@@ -96,6 +96,7 @@ class GenerationContext:
     stream: bool
     key_name: str | None = None
     state: dict[str, Any] = field(default_factory=dict)  # per-plugin scratch, keyed by plugin name
+    result: GenerationResult | None = None  # how it ended, set by the gateway just before on_response
 
     @property
     def client(self) -> str:

@@ -16,7 +16,6 @@ import time
 
 from aiohttp import web
 
-from nanochat_gateway.api import errors
 from nanochat_gateway.state import STATE
 
 log = logging.getLogger("nanochat_gateway")
@@ -44,7 +43,7 @@ async def drain(app: web.Application, grace_s: float, *, hurry: asyncio.Event | 
         reason = "second_signal" if hurry and hurry.is_set() else "grace_period_over"
         log.warning("phase=drain aborting=%d reason=%s", aborted, reason)
         for run in list(state.active_generations):
-            run.abort(errors.unavailable("The server is shutting down", code="shutting_down"))
+            run.abort_for_shutdown()
         until = time.monotonic() + ABORT_WAIT_S
         while state.active_generations and time.monotonic() < until:
             await asyncio.sleep(POLL_S)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -15,6 +15,12 @@ from nanochat_gateway.engine.router import Router
 from nanochat_gateway.model.loader import LoadedModel
 from nanochat_gateway.model.sources import ResolvedSource
 from nanochat_gateway.plugins import Plugin
+
+
+class InFlightRun(Protocol):
+    """A generation a graceful shutdown waits for (api.generation.GenerationRun)."""
+
+    def abort_for_shutdown(self) -> None: ...
 
 
 @dataclass
@@ -30,8 +36,8 @@ class GatewayState:
     failure: str | None = None
     draining: bool = False
     started_at: float = field(default_factory=time.time)
-    active_generations: set[Any] = field(default_factory=set)
-    _bring_up: asyncio.Task | None = None
+    active_generations: set[InFlightRun] = field(default_factory=set)
+    bring_up: asyncio.Task[None] | None = None  # resolving and loading the model, in the background
 
     @property
     def model(self) -> LoadedModel | None:

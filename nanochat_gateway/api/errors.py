@@ -15,6 +15,8 @@ import pydantic
 from aiohttp import web
 from pydantic_core.core_schema import ErrorType
 
+from nanochat_gateway.api.schemas import ErrorBody, ErrorResponse
+
 __all__ = [
     "APIError",
     "authentication_error",
@@ -53,7 +55,11 @@ class APIError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """Return the OpenAI error envelope; all four inner keys are always present."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        body = ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code)
+        return ErrorResponse(error=body).model_dump()
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
 
     def __repr__(self) -> str:
         return f"APIError(status={self.status}, type={self.type!r}, param={self.param!r}, code={self.code!r}, message={self.message!r})"
@@ -141,7 +147,7 @@ def error_response(err: APIError, request_id: str | None = None) -> web.Response
         headers["x-request-id"] = request_id
     # Content-Type must end in "json" or the SDK will not parse the body as an error object.
     return web.Response(
-        text=json.dumps(err.to_dict(), ensure_ascii=False),
+        text=err.to_json(),
         status=err.status,
         content_type="application/json",
         headers=headers,

@@ -12,15 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableSet
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nanochat_gateway.api import errors
-from nanochat_gateway.engine.detokenizer import IncrementalDetokenizer
+from nanochat_gateway.api.schemas import Usage
+from nanochat_gateway.config import ServerSettings
+from nanochat_gateway.engine.detokenizer import IncrementalDetokenizer, ToolCallMode
 from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, TokenLogprob
-from nanochat_gateway.engine.stream import RequestStream
+from nanochat_gateway.engine.router import Router
+from nanochat_gateway.engine.stream import RequestStream, StreamItem
+from nanochat_gateway.model.tokenizer import NanochatTokenizer
 from nanochat_gateway.plugins import GenerationContext, GenerationResult, Plugin, TextEvent
+from nanochat_gateway.state import InFlightRun
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,15 @@ class ChoiceOutput:
     finish_reason: str | None
 
 
+@dataclass
+class ChoiceTotal:
+    """Everything one choice produced, for a non-streamed response."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
 def engine_error_to_api(exc: EngineError, retry_after_s: float) -> errors.APIError:
     if exc.kind == "overloaded":
         return errors.overloaded(f"The server is overloaded: {exc.message}. Retry later.", retry_after_s)
@@ -60,23 +74,28 @@ def engine_error_to_api(exc: EngineError, retry_after_s: float) -> errors.APIErr
 
 
 class GenerationRun:
-    def __init__(self, ctx: GenerationContext, *, router, plugins: list[Plugin], tokenizer,
-                 stop_token_ids: frozenset[int], tool_calls: str, request_timeout_s: float,
-                 queue_timeout_s: float, retry_after_s: float):
+    """One generation request in flight: created by prepare_run, then streamed or collected."""
+
+    def __init__(self, ctx: GenerationContext, *, router: Router, plugins: list[Plugin],
+                 tokenizer: NanochatTokenizer, stop_token_ids: frozenset[int], server: ServerSettings,
+                 tool_calls: ToolCallMode, system_fingerprint: str,
+                 in_flight: MutableSet[InFlightRun]):
         self.ctx = ctx
+        self.system_fingerprint = system_fingerprint
+        self.server = server
         self._router = router
         self._plugins = plugins
         self._text_plugins = [p for p in plugins if p.handles_text]
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer
         self._stop_ids = stop_token_ids
         self._tool_calls = tool_calls
-        self._queue_timeout_s = queue_timeout_s
-        self._retry_after_s = retry_after_s
-        self._deadline = time.monotonic() + request_timeout_s
-        self.stream: RequestStream | None = None
+        self._in_flight = in_flight  # the runs a graceful shutdown waits for
+        self._deadline = time.monotonic() + server.request_timeout_s
+        self._stream: RequestStream | None = None
         self.started_at = time.monotonic()
-        self.finish_reasons: list[str | None] = []
-        self.completion_tokens: list[int] = []
+        self.finish_reasons: list[str | None] = [None] * ctx.n
+        self.completion_tokens: list[int] = [0] * ctx.n
+        self._detoks: list[IncrementalDetokenizer] = []
         self._done = False
         self._aborted: errors.APIError | None = None
         self._status, self._error = 200, None
@@ -87,17 +106,21 @@ class GenerationRun:
         for plugin in self._plugins:
             await plugin.on_request(self.ctx)
         ctx = self.ctx
-        self.finish_reasons = [None] * ctx.n
-        self.completion_tokens = [0] * ctx.n
-        self._detoks = [IncrementalDetokenizer(self._tokenizer, self._tool_calls) for _ in range(ctx.n)]
+        self._detoks = [IncrementalDetokenizer(self.tokenizer, self._tool_calls) for _ in range(ctx.n)]
         request = GenerationRequest(
             prompt_ids=ctx.prompt_ids, max_tokens=ctx.max_tokens, sampling=ctx.sampling, n=ctx.n,
-            request_id=ctx.request_id, stop_token_ids=self._stop_ids, queue_timeout_s=self._queue_timeout_s,
+            request_id=ctx.request_id, stop_token_ids=self._stop_ids, queue_timeout_s=self.server.queue_timeout_s,
         )
         try:
-            self.stream = self._router.submit(request)
+            self._stream = self._router.submit(request)
         except EngineError as exc:
-            raise engine_error_to_api(exc, self._retry_after_s) from None
+            raise engine_error_to_api(exc, self.server.retry_after_s) from None
+        self._in_flight.add(self)
+
+    @property
+    def stream(self) -> RequestStream:
+        assert self._stream is not None, "the run has not been started"
+        return self._stream
 
     @property
     def prompt_tokens(self) -> int:
@@ -107,25 +130,22 @@ class GenerationRun:
     def total_completion_tokens(self) -> int:
         return sum(self.completion_tokens)
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> Usage:
         """OpenAI usage, counted from the token ids the engine produced."""
         completion = self.total_completion_tokens
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": self.prompt_tokens + completion}
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
+                                     total_tokens=self.prompt_tokens + completion)
 
     # --------------------------------------------------------------- outputs
     async def outputs(self) -> AsyncIterator[list[ChoiceOutput]]:
         """Yield each engine step's outputs until every choice has finished."""
-        assert self.stream is not None
         try:
             while not self._done:
                 items = await self._next_items()
-                if self._aborted is not None:
-                    raise self._aborted
                 step: list[ChoiceOutput] = []
                 for item in items:
                     if isinstance(item, EngineError):
-                        raise engine_error_to_api(item, self._retry_after_s)
+                        raise engine_error_to_api(item, self.server.retry_after_s)
                     if isinstance(item, ChoiceDelta):
                         output = self._on_delta(item)
                         if output is not None:
@@ -134,13 +154,25 @@ class GenerationRun:
                     yield step
                 self._done = all(r is not None for r in self.finish_reasons)
         finally:
-            if not self._done:
-                self.stream.cancel()
+            self.cancel()
+
+    async def collect(self) -> list[ChoiceTotal]:
+        """Run to the end and return each choice's whole text, logprobs and finish reason."""
+        totals = [ChoiceTotal() for _ in range(self.ctx.n)]
+        texts: list[list[str]] = [[] for _ in totals]
+        async for step in self.outputs():
+            for out in step:
+                texts[out.index].append(out.text)
+                if out.logprobs:
+                    totals[out.index].logprobs += out.logprobs
+        for total, parts, reason in zip(totals, texts, self.finish_reasons, strict=True):
+            total.text, total.finish_reason = "".join(parts), reason
+        return totals
 
     def cancel(self) -> None:
         """Free the engine request unless it already ended (safe to call more than once)."""
-        if self.stream is not None and not self._done:
-            self.stream.cancel()
+        if self._stream is not None and not self._done:
+            self._stream.cancel()
 
     def record(self, status: int, error: str | None) -> None:
         """How the response ended, for on_response (a stream reports errors in-band, not by raising)."""
@@ -163,15 +195,16 @@ class GenerationRun:
         finally:
             # An abandoned outputs() generator would cancel only when garbage-collected: do it now.
             self.cancel()
-            await asyncio.shield(self.finish(self._status, self._error))
+            self._in_flight.discard(self)
+            await asyncio.shield(self._finish())
 
-    def abort(self, error: errors.APIError) -> None:
-        """End this generation with `error` (shutdown): the writer sends it as the last event."""
-        self._aborted = error
-        if self.stream is not None:
-            self.stream.cancel()
+    def abort_for_shutdown(self) -> None:
+        """End this generation now: the writer sends a 503 'shutting down' as its last event."""
+        self._aborted = errors.unavailable("The server is shutting down", code="shutting_down")
+        self.cancel()
 
-    async def _next_items(self):
+    async def _next_items(self) -> list[StreamItem]:
+        stream = self.stream
         while True:
             if self._aborted is not None:
                 raise self._aborted
@@ -180,12 +213,14 @@ class GenerationRun:
             self._check_client()
             left = self._deadline - time.monotonic()
             if left <= 0:
-                self.stream.cancel()
+                stream.cancel()
                 raise errors.timeout("The request took longer than the server's request_timeout_s")
-            items = await self.stream.next_items(timeout=min(DISCONNECT_POLL_S, left))
+            items = await stream.next_items(timeout=min(DISCONNECT_POLL_S, left))
+            if self._aborted is not None:
+                raise self._aborted
             if items:
                 return items
-            if self.stream.finished:
+            if stream.finished:
                 raise errors.internal_error("The generation ended without a result")
 
     def _check_client(self) -> None:
@@ -218,17 +253,17 @@ class GenerationRun:
         return ChoiceOutput(i, event.text, delta.token_ids, delta.logprobs, finish)
 
     # ---------------------------------------------------------------- finish
-    async def finish(self, status: int = 200, error: str | None = None) -> GenerationResult:
-        """Report the outcome to on_response hooks; call exactly once, whatever happened."""
-        stream = self.stream
+    async def _finish(self) -> None:
+        """Record the outcome on the context and report it to on_response hooks, once."""
+        stream = self._stream
         queue_s = ttft = None
         if stream is not None and stream.admitted_at is not None:
             queue_s = stream.admitted_at - stream.submitted_at
         if stream is not None and stream.first_token_at is not None:
             ttft = stream.first_token_at - stream.submitted_at
-        result = GenerationResult(
+        self.ctx.result = result = GenerationResult(
             prompt_tokens=self.prompt_tokens, completion_tokens=self.total_completion_tokens,
-            finish_reasons=list(self.finish_reasons), status=status, error=error,
+            finish_reasons=list(self.finish_reasons), status=self._status, error=self._error,
             queue_seconds=queue_s, time_to_first_token=ttft, duration=time.monotonic() - self.started_at,
         )
         for plugin in self._plugins:
@@ -236,5 +271,3 @@ class GenerationRun:
                 await plugin.on_response(self.ctx, result)
             except Exception:  # one plugin's failure must not hide the response from the others
                 log.exception("plugin %s failed in on_response", plugin.name)
-        return result
-

@@ -8,7 +8,6 @@ went out, and ``data: [DONE]`` last.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -30,22 +29,17 @@ async def open_event_stream(request: web.Request, request_id: str, keepalive_s: 
     return response
 
 
-async def send_json(response: EventSourceResponse, payload: dict) -> None:
-    await response.send(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
-
-
 async def send_error(response: EventSourceResponse, err: errors.APIError) -> None:
     """A failure after the stream started: the SDK raises APIError on an event with "error"."""
-    await send_json(response, err.to_dict())
+    await response.send(err.to_json())
 
 
 async def send_done(response: EventSourceResponse) -> None:
     await response.send("[DONE]")
 
 
-async def stream_generation(request: web.Request, run: GenerationRun, payloads: AsyncIterator[dict],
-                            keepalive_s: float) -> web.StreamResponse:
-    """Send each payload as an event, then [DONE].
+async def stream_events(request: web.Request, run: GenerationRun, events: AsyncIterator[str]) -> web.StreamResponse:
+    """Send each event (a serialised chunk) as SSE data, then [DONE].
 
     Once the headers are out the status is 200 whatever happens, so a failure (an APIError or
     a bug) becomes an error event followed by [DONE]; a client that went away just ends it.
@@ -53,12 +47,12 @@ async def stream_generation(request: web.Request, run: GenerationRun, payloads: 
     response: EventSourceResponse | None = None
     try:
         async with run.reporting():
-            response = await open_event_stream(request, run.ctx.request_id, keepalive_s)
+            response = await open_event_stream(request, run.ctx.request_id, run.server.sse_keepalive_s)
             try:
                 # aclosing: a write that fails mid-way must not leave the generator to the garbage collector.
-                async with contextlib.aclosing(payloads):
-                    async for payload in payloads:
-                        await send_json(response, payload)
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        await response.send(event)
             except CLIENT_GONE_ERRORS:
                 raise
             except Exception as exc:

@@ -9,7 +9,7 @@ ConversationError pointing at the offending message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nanochat_gateway.model.tokenizer import NanochatTokenizer
@@ -58,7 +58,7 @@ def _validated(messages: object) -> list[tuple[str, str]]:
 
 def render_for_completion(
     tokenizer: NanochatTokenizer,
-    messages: list[dict[str, Any]],
+    messages: Sequence[Mapping[str, Any]],
     *,
     default_system_prompt: str | None = None,
 ) -> list[int]:

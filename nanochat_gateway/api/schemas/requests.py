@@ -1,4 +1,4 @@
-"""Pydantic models for the OpenAI-compatible API: request bodies first, then response bodies.
+"""Request bodies of the OpenAI-compatible API, validated with pydantic.
 
 Requests are lenient where clients are noisy and strict where a silent ignore would mislead:
 - Unknown fields are accepted and kept in ``model_extra`` (the openai SDK and frameworks send many
@@ -10,14 +10,11 @@ Requests are lenient where clients are noisy and strict where a silent ignore wo
 - Features this server cannot honour (tools, JSON mode, audio, images, ...) are rejected with a
   pydantic error located at the field, so ``errors.validation_error_to_api_error`` turns any
   problem into a 400 whose ``param`` names it (e.g. ``messages.0.content.1.type``).
-
-Responses are plain models. Build them with ``model_construct()`` on hot paths (no validation)
-and serialise them with ``dump()`` / ``dump_chunk()``, which run in pydantic-core and omit the
-keys the OpenAI stream omits (null ``role``/``content`` in deltas, ``usage`` unless requested).
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -34,35 +31,6 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
-
-__all__ = [
-    "AssistantMessage",
-    "ChatChoice",
-    "ChatCompletion",
-    "ChatCompletionChunk",
-    "ChatCompletionRequest",
-    "ChatLogprobs",
-    "ChatMessage",
-    "ChunkChoice",
-    "Completion",
-    "CompletionChoice",
-    "CompletionLogprobs",
-    "CompletionRequest",
-    "ContentPart",
-    "Delta",
-    "ErrorBody",
-    "ErrorResponse",
-    "Model",
-    "ModelList",
-    "RequestModel",
-    "ResponseFormat",
-    "StreamOptions",
-    "TokenLogprob",
-    "TopLogprob",
-    "Usage",
-    "dump",
-    "dump_chunk",
-]
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -113,9 +81,6 @@ _BEST_OF_EQUALS_N = {
         ),
     ]
 }
-
-
-# === requests ===================================================================================
 
 
 class RequestModel(BaseModel):
@@ -204,10 +169,13 @@ class ResponseFormat(RequestModel):
     type: Literal["text"]
 
 
-class _GenerationRequest(RequestModel):
-    """Fields shared by chat and legacy completions (declared before any field that depends on them)."""
+class GenerationBody(RequestModel):
+    """What chat and legacy completion bodies share: the fields (declared before any field that
+    depends on them) and the questions the prepare step asks of either."""
 
     null_means_default: ClassVar[frozenset[str]] = frozenset({"n", "stream"})
+    endpoint: ClassVar[str]  # "chat.completions" or "completions", as plugins and metrics name it
+    prompt_param: ClassVar[str]  # the field that holds the prompt, named by context-length errors
 
     model: NonEmptyStr
     temperature: Annotated[float | None, Field(ge=0, le=2, description="0 means greedy decoding.")] = None
@@ -270,9 +238,31 @@ class _GenerationRequest(RequestModel):
         """Whether a final usage chunk (and ``usage: null`` on other chunks) was requested."""
         return self.stream and self.stream_options is not None and self.stream_options.include_usage
 
+    @abstractmethod
+    def effective_max_tokens(self) -> int | None:
+        """The completion-token budget the client asked for; None means the server default."""
 
-class ChatCompletionRequest(_GenerationRequest):
+    @property
+    @abstractmethod
+    def max_tokens_param(self) -> str:
+        """The name of the field that set the budget, for error messages."""
+
+    @property
+    @abstractmethod
+    def wants_logprobs(self) -> bool:
+        """Whether each generated token's log probability is returned."""
+
+    @property
+    @abstractmethod
+    def top_logprobs_count(self) -> int:
+        """How many alternatives to return per token (0 when logprobs are off)."""
+
+
+class ChatCompletionRequest(GenerationBody):
     """Body of ``POST /v1/chat/completions``."""
+
+    endpoint: ClassVar[str] = "chat.completions"
+    prompt_param: ClassVar[str] = "messages"
 
     null_means_default: ClassVar[frozenset[str]] = frozenset({"n", "stream", "logprobs"})
     # The cross-field rules enforced by the validators below, stated in the JSON schema too.
@@ -362,8 +352,20 @@ class ChatCompletionRequest(_GenerationRequest):
         """The completion-token budget: ``max_completion_tokens`` wins over ``max_tokens``; None if neither."""
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    @property
+    def max_tokens_param(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
-class CompletionRequest(_GenerationRequest):
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.logprobs
+
+    @property
+    def top_logprobs_count(self) -> int:
+        return (self.top_logprobs or 0) if self.logprobs else 0
+
+
+class CompletionRequest(GenerationBody):
     """Body of the legacy ``POST /v1/completions``.
 
     ``prompt`` may be a string, a list with one string, a list of token ids, or a list with one
@@ -372,6 +374,8 @@ class CompletionRequest(_GenerationRequest):
     """
 
     null_means_default: ClassVar[frozenset[str]] = frozenset({"n", "stream", "echo"})
+    endpoint: ClassVar[str] = "completions"
+    prompt_param: ClassVar[str] = "prompt"
     model_config = ConfigDict(json_schema_extra={"allOf": [_STREAM_OPTIONS_NEED_STREAM, _BEST_OF_EQUALS_N]})
 
     prompt: Annotated[
@@ -451,182 +455,14 @@ class CompletionRequest(_GenerationRequest):
         """The completion-token budget (16 by default; None means the server default)."""
         return self.max_tokens
 
+    @property
+    def max_tokens_param(self) -> str:
+        return "max_tokens"
 
-# === responses ==================================================================================
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.logprobs is not None
 
-
-class Usage(BaseModel):
-    """Token counts for one request (summed over all choices)."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class TopLogprob(BaseModel):
-    """One alternative token at a position."""
-
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
-
-
-class TokenLogprob(BaseModel):
-    """Log probability of one generated token, with its top alternatives."""
-
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
-    top_logprobs: list[TopLogprob] = Field(default_factory=list)
-
-
-class ChatLogprobs(BaseModel):
-    """Per-token log probabilities of a chat choice."""
-
-    content: list[TokenLogprob] | None = None
-    refusal: None = None
-
-
-class AssistantMessage(BaseModel):
-    """The generated message of a non-streamed chat choice."""
-
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-    refusal: None = None
-
-
-class ChatChoice(BaseModel):
-    """One choice of a chat completion."""
-
-    index: int
-    message: AssistantMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"]
-
-
-class ChatCompletion(BaseModel):
-    """Non-streamed response of ``/v1/chat/completions``."""
-
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[ChatChoice]
-    usage: Usage
-
-
-def _is_none(value: Any) -> bool:
-    return value is None
-
-
-class Delta(BaseModel):
-    """A streamed message fragment. Null fields are left out, as in OpenAI's stream.
-
-    First delta ``Delta(role="assistant", content="")``, then ``Delta(content=...)``, and ``Delta()``
-    (serialised as ``{}``) alongside the finish reason.
-    """
-
-    role: Annotated[Literal["assistant"] | None, Field(exclude_if=_is_none)] = None
-    content: Annotated[str | None, Field(exclude_if=_is_none)] = None
-
-
-class ChunkChoice(BaseModel):
-    """One choice inside a stream chunk; ``finish_reason`` stays null until the choice's last chunk."""
-
-    index: int
-    delta: Delta
-    logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    """One SSE event of a streamed chat completion; every chunk shares ``id`` and ``created``.
-
-    With ``stream_options.include_usage`` the last chunk has ``choices=[]`` and ``usage`` set, and
-    every other chunk carries ``usage: null``; without it serialise via ``dump_chunk`` to omit the key.
-    """
-
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
-
-
-class CompletionLogprobs(BaseModel):
-    """Legacy completions logprobs; ``token_logprobs`` starts with null when the prompt is echoed."""
-
-    tokens: list[str]
-    token_logprobs: list[float | None]
-    top_logprobs: list[dict[str, float] | None]
-    text_offset: list[int]
-
-
-class CompletionChoice(BaseModel):
-    """One choice of a legacy completion (``finish_reason`` is null in non-final stream chunks)."""
-
-    text: str
-    index: int
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
-
-
-class Completion(BaseModel):
-    """Response of ``/v1/completions``; streamed events use the same shape."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-
-
-class Model(BaseModel):
-    """One entry of ``/v1/models``."""
-
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-
-
-class ModelList(BaseModel):
-    """Response of ``GET /v1/models``."""
-
-    object: Literal["list"] = "list"
-    data: list[Model]
-
-
-class ErrorBody(BaseModel):
-    """The inner OpenAI error object; all four keys are always present."""
-
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorResponse(BaseModel):
-    """The OpenAI error envelope ``{"error": {...}}``."""
-
-    error: ErrorBody
-
-
-# === serialisation ==============================================================================
-
-_WITHOUT_USAGE = frozenset({"usage"})
-
-
-def dump(model: BaseModel) -> str:
-    """Serialise a response model to compact JSON (pydantic-core, no intermediate dict)."""
-    return model.model_dump_json()
-
-
-def dump_chunk(chunk: ChatCompletionChunk | Completion, *, include_usage: bool) -> str:
-    """Serialise one stream event; ``usage`` is present (often null) only if the client asked for it."""
-    return chunk.model_dump_json(exclude=None if include_usage else _WITHOUT_USAGE)
+    @property
+    def top_logprobs_count(self) -> int:
+        return self.logprobs or 0

@@ -1,0 +1,199 @@
+"""Response bodies of the OpenAI-compatible API: the one definition of every field sent.
+
+Handlers build these with their constructors (validated in pydantic-core, which is faster than
+``model_construct()``'s Python path) and serialise them with ``dump()`` / ``dump_chunk()``, which
+omit the keys the OpenAI stream omits (null ``role``/``content`` in deltas, ``usage`` unless requested). ``openapi.py``
+describes the same models, so the document and the wire format cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+# Why a choice ended: its natural end or a stop sequence, max_tokens, or a plugin's verdict.
+FinishReason = Literal["stop", "length", "content_filter"]
+
+class Usage(BaseModel):
+    """Token counts for one request (summed over all choices)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TopLogprob(BaseModel):
+    """One alternative token at a position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(BaseModel):
+    """Log probability of one generated token, with its top alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    """Per-token log probabilities of a chat choice."""
+
+    content: list[TokenLogprob] | None = None
+    refusal: None = None
+
+
+class AssistantMessage(BaseModel):
+    """The generated message of a non-streamed chat choice."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    refusal: None = None
+
+
+class ChatChoice(BaseModel):
+    """One choice of a chat completion."""
+
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason
+
+
+class ChatCompletion(BaseModel):
+    """Non-streamed response of ``/v1/chat/completions``."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+class Delta(BaseModel):
+    """A streamed message fragment. Null fields are left out, as in OpenAI's stream.
+
+    First delta ``Delta(role="assistant", content="")``, then ``Delta(content=...)``, and ``Delta()``
+    (serialised as ``{}``) alongside the finish reason.
+    """
+
+    role: Annotated[Literal["assistant"] | None, Field(exclude_if=_is_none)] = None
+    content: Annotated[str | None, Field(exclude_if=_is_none)] = None
+
+
+class ChunkChoice(BaseModel):
+    """One choice inside a stream chunk; ``finish_reason`` stays null until the choice's last chunk."""
+
+    index: int
+    delta: Delta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One SSE event of a streamed chat completion; every chunk shares ``id`` and ``created``.
+
+    With ``stream_options.include_usage`` the last chunk has ``choices=[]`` and ``usage`` set, and
+    every other chunk carries ``usage: null``; without it serialise via ``dump_chunk`` to omit the key.
+    """
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """Legacy completions logprobs; ``token_logprobs`` starts with null when the prompt is echoed."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    """One choice of a legacy completion (``finish_reason`` is null in non-final stream chunks)."""
+
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class Completion(BaseModel):
+    """Response of ``/v1/completions``; streamed events use the same shape."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class Model(BaseModel):
+    """One entry of ``/v1/models``; the fields after ``owned_by`` are extensions clients ignore."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    demo: bool = Field(False, description="Extension: a generated model with random weights.")
+    description: Annotated[str | None, Field(exclude_if=_is_none)] = None
+    generation: Annotated[
+        str | None, Field(exclude_if=_is_none, description="Extension: the checkpoint's architecture generation.")
+    ] = None
+    max_model_len: Annotated[
+        int | None, Field(exclude_if=_is_none, description="Extension: the context, in tokens.")
+    ] = None
+
+
+class ModelList(BaseModel):
+    """Response of ``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class ErrorBody(BaseModel):
+    """The inner OpenAI error object; all four keys are always present."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The OpenAI error envelope ``{"error": {...}}``."""
+
+    error: ErrorBody
+
+
+
+_WITHOUT_USAGE = frozenset({"usage"})
+
+
+def dump(model: BaseModel) -> str:
+    """Serialise a response model to compact JSON (pydantic-core, no intermediate dict)."""
+    return model.model_dump_json()
+
+
+def dump_chunk(chunk: ChatCompletionChunk | Completion, *, include_usage: bool) -> str:
+    """Serialise one stream event; ``usage`` is present (often null) only if the client asked for it."""
+    return chunk.model_dump_json(exclude=None if include_usage else _WITHOUT_USAGE)
