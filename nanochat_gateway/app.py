@@ -111,8 +111,8 @@ async def _bring_up(state: GatewayState) -> None:
         )
         executors = [DeviceExecutor(_executor_name(d, i), d, loader.load, options) for i, d in enumerate(devices)]
         state.router = Router(executors)
-        for plugin in state.plugins:  # plugins that watch the engine (metrics) attach now
-            plugin.context.router = state.router
+        if state.plugins:  # every plugin shares one PluginContext
+            state.plugins[0].context.router = state.router
         state.router.start(asyncio.get_running_loop())
         while not all(ex.ready.is_set() for ex in executors):
             await asyncio.sleep(0.02)
@@ -120,6 +120,11 @@ async def _bring_up(state: GatewayState) -> None:
             state.phase, state.failure = "failed", "; ".join(state.router.failures)
             log.error("phase=load failed: %s", state.failure)
             return
+        for plugin in state.plugins:
+            try:
+                await plugin.on_engine_ready(state.router)
+            except Exception:  # a plugin's failure must not keep the model from serving
+                log.exception("plugin %s failed in on_engine_ready", plugin.name)
         state.phase = "ready"
         loaded = state.model
         log.info("phase=ready model=%s generation=%s dtype=%s executors=%d seconds=%.2f%s", state.model_id,

@@ -10,6 +10,7 @@ A plugin is a subclass of ``Plugin`` that overrides only the hooks it needs:
                                    hold text back, rewrite it, or end the choice (event.stop)
     on_response(ctx, result)       async; final usage, finish reasons and timings
     on_event(name, labels)         sync; counters other plugins report (auth failures, ...)
+    on_engine_ready(router)        async; once, when every executor has loaded the model
     startup() / cleanup()          async; open and close resources
 
 Plugins are enabled by name in ``[plugins] enabled``; each reads its settings from
@@ -27,16 +28,15 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from nanochat_gateway.config import ConfigError, PluginsSettings, Settings
+from nanochat_gateway.engine.options import StepInfo as StepInfo  # re-exported for plugins
 from nanochat_gateway.engine.request import SamplingParams
-
-if TYPE_CHECKING:
-    from nanochat_gateway.engine.router import Router
+from nanochat_gateway.engine.router import Router as Router  # re-exported for plugins
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,20 @@ CLIENT_ADDRESS = web.RequestKey("nanochat_gateway.client", str)  # a proxy-aware
 RESPONSE_HEADERS = web.RequestKey("nanochat_gateway.response_headers", dict)
 
 
-def exception_status(exc: BaseException, *, client_left: bool = False) -> int:
+def exception_status(exc: BaseException, request: web.Request) -> int:
     """The status a client sees when a handler raises `exc`, for middlewares that log or count.
 
-    APIError and aiohttp's HTTPException carry one; a reset or cancelled connection is 499
-    ("client closed request"), as is any error after the generation saw the client leave.
+    APIError and aiohttp's HTTPException carry one; a generation that ended records its own
+    (499, "client closed request", when it saw the client leave); a reset or cancelled
+    connection is 499 too; anything else is 500.
     """
     status = getattr(exc, "status", None)
     if isinstance(status, int):
         return status
-    if client_left or isinstance(exc, ConnectionResetError | asyncio.CancelledError):
+    ctx = request.get(GENERATION)
+    if ctx is not None and ctx.result is not None:
+        return ctx.result.status
+    if isinstance(exc, ConnectionResetError | asyncio.CancelledError):
         return 499
     return 500
 
@@ -95,7 +99,7 @@ class GenerationContext:
     sampling: SamplingParams
     stream: bool
     key_name: str | None = None
-    state: dict[str, Any] = field(default_factory=dict)  # per-plugin scratch, keyed by plugin name
+    scratch: dict[str, Any] = field(default_factory=dict)  # per-plugin working data, keyed by plugin name
     result: GenerationResult | None = None  # how it ended, set by the gateway just before on_response
 
     @property
@@ -205,6 +209,9 @@ class Plugin:
 
     def on_event(self, event: str, labels: dict[str, str]) -> None:
         """Receive events other plugins report through PluginContext.count."""
+
+    async def on_engine_ready(self, router: Router) -> None:
+        """Called once, when every executor has loaded the model (attach step listeners here)."""
 
     # ---- which hooks are overridden (the gateway calls only those)
     def _overrides(self, hook: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -15,6 +15,8 @@ from nanochat_gateway.engine.router import Router
 from nanochat_gateway.model.loader import LoadedModel
 from nanochat_gateway.model.sources import ResolvedSource
 from nanochat_gateway.plugins import Plugin
+
+Phase = Literal["starting", "resolving model", "loading model", "ready", "failed", "draining"]
 
 
 class InFlightRun(Protocol):
@@ -32,7 +34,7 @@ class GatewayState:
     plugins: list[Plugin] = field(default_factory=list)
     router: Router | None = None
     resolved: ResolvedSource | None = None
-    phase: str = "starting"  # starting | resolving model | loading model | ready | failed | draining
+    phase: Phase = "starting"
     failure: str | None = None
     draining: bool = False
     started_at: float = field(default_factory=time.time)
@@ -54,7 +56,8 @@ class GatewayState:
 
     @property
     def is_ready(self) -> bool:
-        return not self.draining and self.router is not None and self.router.is_ready
+        # phase "ready" comes after the plugins' on_engine_ready hooks, so they see no request before
+        return self.phase == "ready" and not self.draining and self.router is not None and self.router.is_ready
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason) for /ready."""
@@ -65,7 +68,7 @@ class GatewayState:
         if self.router is not None:
             if self.router.failures:
                 return False, "failed: " + "; ".join(self.router.failures)
-            if self.router.is_ready:
+            if self.router.is_ready and self.phase == "ready":
                 return True, "ready"
             return False, "loading model"
         return False, self.phase

@@ -24,7 +24,7 @@ Executors (read from the router at scrape time, so nothing goes stale):
     nanochat_kv_slots_used{executor,device}                           gauge
     nanochat_kv_slots_total{executor,device}                          gauge
     nanochat_executor_ready{executor,device}                          gauge (1 = serving)
-Engine steps (executor.hooks.listeners, called on the executor thread):
+Engine steps (a listener on each executor, attached in on_engine_ready, called on its thread):
     nanochat_batch_size{executor}                                     histogram (rows per step)
     nanochat_step_duration_seconds{executor}                          histogram
     nanochat_prefill_tokens_total{executor}                           counter
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -56,8 +56,13 @@ from nanochat_gateway.plugins import (
     Handler,
     Plugin,
     PluginContext,
+    Router,
+    StepInfo,
     exception_status,
 )
+
+if TYPE_CHECKING:
+    from nanochat_gateway.engine.executor import DeviceExecutor
 
 # vLLM's buckets (ANCHORS 2b) with extra 0.2-1 s resolution, where CPU decoding lives.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6,
@@ -138,7 +143,6 @@ class ExecutorCollector(Collector):
         return self._families()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        self.plugin.attach_step_listeners()
         families = self._families()
         router = self.plugin.context.router
         for executor in router.executors if router is not None else ():
@@ -158,8 +162,7 @@ class Metrics(Plugin):
         super().__init__(settings, context)
         self.registry: CollectorRegistry = context.registry if context.registry is not None else CollectorRegistry()
         self._own: list[Any] = []
-        self._router: Any = None
-        self._listeners: list[tuple[Any, Callable]] = []
+        self._listeners: list[tuple[DeviceExecutor, Callable[[StepInfo], None]]] = []
         self._labels = {"reason": BoundedLabel(), "limit": BoundedLabel(), "policy": BoundedLabel(),
                         "event": BoundedLabel(), "finish_reason": BoundedLabel()}
         self._build()
@@ -225,13 +228,8 @@ class Metrics(Plugin):
         return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
 
     # ------------------------------------------------------------ engine steps
-    def attach_step_listeners(self) -> None:
-        """Attach one step listener per executor once the router exists (cheap when done)."""
-        router = self.context.router
-        if router is None or router is self._router:
-            return
-        self._detach()
-        self._router = router
+    async def on_engine_ready(self, router: Router) -> None:
+        """Attach one step listener per executor."""
         for executor in router.executors:
             listener = self._step_listener(executor.name)
             executor.hooks.listeners.append(listener)
@@ -242,14 +240,13 @@ class Metrics(Plugin):
             if listener in executor.hooks.listeners:
                 executor.hooks.listeners.remove(listener)
         self._listeners.clear()
-        self._router = None
 
-    def _step_listener(self, executor: str) -> Callable[[Any], None]:
+    def _step_listener(self, executor: str) -> Callable[[StepInfo], None]:
         # Children bound once: the listener runs on the executor thread after every step.
         batch, seconds = self.batch_size.labels(executor), self.step_seconds.labels(executor)
         prefill, decode = self.prefill_tokens.labels(executor), self.decode_tokens.labels(executor)
 
-        def on_step(info: Any) -> None:
+        def on_step(info: StepInfo) -> None:
             batch.observe(info.batch_size)
             seconds.observe(info.seconds)
             if info.prefill_tokens:
@@ -261,7 +258,6 @@ class Metrics(Plugin):
 
     # --------------------------------------------------------------------- HTTP
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self.attach_step_listeners()
         start = time.perf_counter()
         status = 500
         try:
@@ -269,9 +265,7 @@ class Metrics(Plugin):
             status = response.status
             return response
         except BaseException as exc:
-            ctx = request.get(GENERATION)
-            # the generation saw the client leave (ClientGone) when it recorded 499
-            status = exception_status(exc, client_left=ctx is not None and ctx.state.get(self.name) == 499)
+            status = exception_status(exc, request)
             raise
         finally:
             endpoint = route_label(request)
@@ -283,7 +277,6 @@ class Metrics(Plugin):
 
     # -------------------------------------------------------------- generation
     async def on_response(self, ctx: GenerationContext, result: GenerationResult) -> None:
-        ctx.state[self.name] = result.status
         model = ctx.model or ""
         self.generations.labels(ctx.endpoint, model, str(result.status)).inc()
         if result.status == 499:

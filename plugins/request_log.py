@@ -33,7 +33,6 @@ from nanochat_gateway.plugins import (
     GENERATION,
     REQUEST_ID,
     GenerationContext,
-    GenerationResult,
     Handler,
     Plugin,
     exception_status,
@@ -75,15 +74,10 @@ class RequestLog(Plugin):
             status = response.status
             return response
         except BaseException as exc:
-            ctx = request.get(GENERATION)
-            result = ctx.state.get(self.name) if ctx is not None else None
-            status = exception_status(exc, client_left=result is not None and result.status == 499)
+            status = exception_status(exc, request)
             raise
         finally:
             self._log(request, status, time.perf_counter() - start)
-
-    async def on_response(self, ctx: GenerationContext, result: GenerationResult) -> None:
-        ctx.state[self.name] = result
 
     def _log(self, request: web.Request, status: int, seconds: float) -> None:
         fields: dict[str, Any] = {
@@ -102,7 +96,7 @@ class RequestLog(Plugin):
         log.info("%s %s %s %.1fms", request.method, request.path, status, seconds * 1000, extra=fields)
 
     def _generation_fields(self, ctx: GenerationContext) -> dict[str, Any]:
-        result: GenerationResult | None = ctx.state.get(self.name)
+        result = ctx.result
         fields: dict[str, Any] = {
             "endpoint": ctx.endpoint,
             "model": ctx.model,

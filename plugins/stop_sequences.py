@@ -63,10 +63,10 @@ class StopSequences(Plugin):
     async def on_request(self, ctx: GenerationContext) -> None:
         stops = [*ctx.stop, *self.settings.default_stop]
         if any(stops):
-            ctx.state[self.name] = [StopSequenceMatcher(stops) for _ in range(ctx.n)]
+            ctx.scratch[self.name] = [StopSequenceMatcher(stops) for _ in range(ctx.n)]
 
     def on_text(self, ctx: GenerationContext, event: TextEvent) -> None:
-        matchers = ctx.state.get(self.name)
+        matchers = ctx.scratch.get(self.name)
         if matchers is None:
             return
         event.text, matched = matchers[event.choice].feed(event.text, final=event.final)

@@ -325,7 +325,7 @@ class ExplodingPlugin(Plugin):
     name = "exploding"
 
     def on_text(self, ctx, event) -> None:
-        seen = ctx.state["exploding"] = ctx.state.get("exploding", 0) + 1
+        seen = ctx.scratch["exploding"] = ctx.scratch.get("exploding", 0) + 1
         if seen >= 3:
             raise RuntimeError("plugin bug")
 

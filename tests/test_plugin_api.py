@@ -116,11 +116,11 @@ class TextRules(Plugin):
     Settings = CutSettings
 
     async def on_request(self, ctx: GenerationContext) -> None:
-        ctx.state[self.name] = {"mode": getattr(ctx.body, "user", None), "held": [""] * ctx.n,
+        ctx.scratch[self.name] = {"mode": getattr(ctx.body, "user", None), "held": [""] * ctx.n,
                                 "sent": [0] * ctx.n}
 
     def on_text(self, ctx: GenerationContext, event: TextEvent) -> None:
-        state = ctx.state[self.name]
+        state = ctx.scratch[self.name]
         mode = state["mode"]
         if mode == "upper":
             event.text = event.text.upper()
