@@ -62,8 +62,10 @@ from nanochat_gateway.plugins import (
 from plugins.rate_limit_backends import (
     Backend,
     Decision,
+    Limits,
     MemoryBackend,
     RedisBackend,
+    RedisOptions,
     format_duration,
 )
 
@@ -124,8 +126,11 @@ class RateLimit(Plugin):
         self.paths = frozenset(settings.paths)
         self.active = bool(settings.requests_per_minute or settings.tokens_per_minute or settings.max_concurrent)
         lease_s = context.settings.server.request_timeout_s + 60.0  # no request outlives its deadline
+        limits = Limits(settings.requests_per_minute, settings.tokens_per_minute, settings.max_concurrent)
         self.backend: Backend = (
-            RedisBackend(settings, lease_s) if settings.backend == "redis" else MemoryBackend(settings))
+            RedisBackend(limits, RedisOptions(settings.redis_url, settings.redis_timeout_s, settings.key_prefix),
+                         lease_s)
+            if settings.backend == "redis" else MemoryBackend(limits))
         self.backend_errors = 0
         self._skip_until = 0.0
         self._last_log, self._unlogged = -math.inf, 0

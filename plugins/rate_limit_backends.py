@@ -11,12 +11,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nanochat_gateway.config import ConfigError
-
-if TYPE_CHECKING:
-    from plugins.rate_limit import RateLimitSettings
 
 PERIOD_US = 60_000_000  # every limit is per minute; time is in microseconds, as Redis TIME gives it
 CONCURRENCY_RETRY_US = 1_000_000  # when a slot frees is unknowable; ask for a short wait
@@ -70,14 +67,26 @@ def quota(tat: float, now: float, limit: int) -> tuple[int, int]:
     return math.floor((PERIOD_US - (tat - now)) * limit / PERIOD_US + 1e-6), math.ceil(tat - now)
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The three per-identity limits; 0 turns one off."""
+
+    requests_per_minute: int
+    tokens_per_minute: int
+    max_concurrent: int
+
+
+def _quota(limit: int, remaining: int, reset_us: float) -> Quota | None:
+    return Quota(limit, max(0, int(remaining)), reset_us / 1e6) if limit else None
+
+
 class Backend:
-    """Where limits live; subclasses run each operation atomically and return raw numbers (us)."""
+    """Where limits live; each operation runs atomically against the backend's own clock."""
 
     errors: tuple[type[BaseException], ...] = ()  # what means "the backend did not answer"
 
-    def __init__(self, settings: RateLimitSettings):
-        self.rpm, self.tpm = settings.requests_per_minute, settings.tokens_per_minute
-        self.max_concurrent = settings.max_concurrent
+    def __init__(self, limits: Limits):
+        self.limits = limits
 
     async def start(self) -> None:
         """Open resources."""
@@ -85,45 +94,35 @@ class Backend:
     async def close(self) -> None:
         """Close what start opened."""
 
-    async def _run(self, op: str, identity: str, arg: int | str) -> list[int]:
-        raise NotImplementedError
-
-    def _quota(self, limit: int, remaining: int, reset_us: int) -> Quota | None:
-        return Quota(limit, max(0, int(remaining)), int(reset_us) / 1e6) if limit else None
-
     async def admit(self, identity: str, member: str) -> Decision:
         """Check requests and concurrency together; take both only if both allow it."""
-        status, retry, rrem, rreset, trem, treset = map(int, await self._run("admit", identity, member))
-        return Decision(status == 0, {0: None, 1: "requests", 2: "concurrency"}[status], retry / 1e6,
-                        self._quota(self.rpm, rrem, rreset), self._quota(self.tpm, trem, treset))
+        raise NotImplementedError
 
     async def reserve(self, identity: str, cost: int) -> Decision:
         """Take ``cost`` tokens if the bucket holds them."""
-        status, retry, rem, reset = map(int, await self._run("reserve", identity, cost))
-        return Decision(status == 0, "tokens" if status else None, None if retry < 0 else retry / 1e6,
-                        tokens=self._quota(self.tpm, rem, reset))
+        raise NotImplementedError
 
     async def refund(self, identity: str, amount: int) -> Quota | None:
         """Return ``amount`` unused tokens."""
-        return self._quota(self.tpm, *await self._run("refund", identity, amount))
+        raise NotImplementedError
 
     async def release(self, identity: str, member: str) -> None:
         """Give back the concurrency slot admit took."""
-        await self._run("release", identity, member)
+        raise NotImplementedError
 
 
 class MemoryBackend(Backend):
     """Limits kept in this process; no operation awaits, so concurrent tasks cannot interleave."""
 
-    def __init__(self, settings: RateLimitSettings, clock: Callable[[], float] = time.monotonic):
-        super().__init__(settings)
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic):
+        super().__init__(limits)
         self.clock = clock  # seconds; tests replace it to step time without sleeping
         self.tat: dict[tuple[str, str], float] = {}
         self.inflight: dict[str, int] = {}
         self._stores = 0
 
-    async def _run(self, op: str, identity: str, arg: int | str) -> list[int]:
-        return getattr(self, f"_{op}")(identity, arg, self.clock() * 1e6)
+    def _now_us(self) -> float:
+        return self.clock() * 1e6
 
     def _get(self, key: tuple[str, str], now: float) -> float:
         return max(self.tat.get(key, now), now)
@@ -137,35 +136,42 @@ class MemoryBackend(Backend):
         if self._stores % 4096 == 0:  # forget idle clients so memory stays bounded
             self.tat = {k: v for k, v in self.tat.items() if v > now}
 
-    def _admit(self, identity: str, member: str, now: float) -> list[int]:
+    async def admit(self, identity: str, member: str) -> Decision:
+        now, (rpm, tpm, cmax) = self._now_us(), self._numbers()
         key = (identity, "requests")
-        ok, tat, retry = gcra(self._get(key, now), now, 1, self.rpm) if self.rpm else (True, now, 0)
-        status = 0 if ok else 1
-        if ok and self.max_concurrent and self.inflight.get(identity, 0) >= self.max_concurrent:
-            status, retry, tat = 2, CONCURRENCY_RETRY_US, self._get(key, now)
-        if status == 0:
+        ok, tat, retry = gcra(self._get(key, now), now, 1, rpm) if rpm else (True, now, 0.0)
+        refused = None if ok else "requests"
+        if ok and cmax and self.inflight.get(identity, 0) >= cmax:
+            refused, retry, tat = "concurrency", CONCURRENCY_RETRY_US, self._get(key, now)
+        if refused is None:
             self._store(key, tat, now)
-            if self.max_concurrent:
+            if cmax:
                 self.inflight[identity] = self.inflight.get(identity, 0) + 1
-        tokens = quota(self._get((identity, "tokens"), now), now, self.tpm)
-        return [status, retry, *quota(tat, now, self.rpm), *tokens]
+        return Decision(refused is None, refused, retry / 1e6, _quota(rpm, *quota(tat, now, rpm)),
+                        _quota(tpm, *quota(self._get((identity, "tokens"), now), now, tpm)))
 
-    def _reserve(self, identity: str, cost: int, now: float) -> list[int]:
-        ok, tat, retry = gcra(self._get((identity, "tokens"), now), now, cost, self.tpm)
+    async def reserve(self, identity: str, cost: int) -> Decision:
+        now, tpm = self._now_us(), self.limits.tokens_per_minute
+        ok, tat, retry = gcra(self._get((identity, "tokens"), now), now, cost, tpm)
         if ok:
             self._store((identity, "tokens"), tat, now)
-        return [0 if ok else 1, retry, *quota(tat, now, self.tpm)]
+        return Decision(ok, None if ok else "tokens", None if retry < 0 else retry / 1e6,
+                        tokens=_quota(tpm, *quota(tat, now, tpm)))
 
-    def _refund(self, identity: str, amount: int, now: float) -> list[int]:
-        tat = max(self._get((identity, "tokens"), now) - amount * PERIOD_US / self.tpm, now)
+    async def refund(self, identity: str, amount: int) -> Quota | None:
+        now, tpm = self._now_us(), self.limits.tokens_per_minute
+        tat = max(self._get((identity, "tokens"), now) - amount * PERIOD_US / tpm, now)
         self._store((identity, "tokens"), tat, now)
-        return list(quota(tat, now, self.tpm))
+        return _quota(tpm, *quota(tat, now, tpm))
 
-    def _release(self, identity: str, member: str, now: float) -> list[int]:
+    async def release(self, identity: str, member: str) -> None:
         left = self.inflight.pop(identity, 0) - 1
         if left > 0:
             self.inflight[identity] = left
-        return []
+
+    def _numbers(self) -> tuple[int, int, int]:
+        limits = self.limits
+        return limits.requests_per_minute, limits.tokens_per_minute, limits.max_concurrent
 
 
 # The same functions in Lua, on Redis's own clock (TIME), so every replica computes alike.
@@ -231,21 +237,30 @@ return {rem, reset}
 }
 
 
+@dataclass(frozen=True, slots=True)
+class RedisOptions:
+    """Where the shared limits live and how long to wait for them."""
+
+    url: str
+    timeout_s: float
+    key_prefix: str
+
+
 class RedisBackend(Backend):
     """Limits shared through Redis; every check-and-update is one atomic Lua script."""
 
-    def __init__(self, settings: RateLimitSettings, lease_s: float):
-        super().__init__(settings)
+    def __init__(self, limits: Limits, redis: RedisOptions, lease_s: float):
+        super().__init__(limits)
         try:
             from redis.asyncio.connection import parse_url  # optional dependency: imported only here
         except ImportError:
             raise ConfigError("[plugins.rate_limit] backend = \"redis\" needs the redis package: "
                               "pip install 'nanochat-gateway[redis]'") from None
         try:
-            parse_url(settings.redis_url)
+            parse_url(redis.url)
         except ValueError as exc:  # the URL may hold a password: show only the reason
             raise ConfigError(f"[plugins.rate_limit] redis_url: {exc}") from None
-        self.settings, self.lease_us = settings, int(lease_s * 1_000_000)
+        self.redis, self.lease_us = redis, int(lease_s * 1_000_000)
         self.client: Any = None
 
     async def start(self) -> None:
@@ -253,10 +268,10 @@ class RedisBackend(Backend):
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        s = self.settings
+        options = self.redis
         # No retries: a retried script could apply twice, and an outage must fail fast.
         self.client = redis.asyncio.Redis.from_url(
-            s.redis_url, socket_timeout=s.redis_timeout_s, socket_connect_timeout=s.redis_timeout_s,
+            options.url, socket_timeout=options.timeout_s, socket_connect_timeout=options.timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
         self.scripts = {op: self.client.register_script(lua) for op, lua in _LUA.items()}
@@ -269,6 +284,26 @@ class RedisBackend(Backend):
     async def _run(self, op: str, identity: str, arg: int | str) -> list[int]:
         # The {hash tag} keeps one identity's keys in one Redis Cluster slot, as scripts require.
         tag = "{" + identity.replace("{", "(").replace("}", ")") + "}"
-        keys = [f"{self.settings.key_prefix}{tag}:{kind}" for kind in ("req", "conc", "tok")]
-        args = [self.rpm, self.max_concurrent, self.tpm, self.lease_us, arg]
-        return await self.scripts[op](keys=keys, args=args)
+        keys = [f"{self.redis.key_prefix}{tag}:{kind}" for kind in ("req", "conc", "tok")]
+        limits = self.limits
+        args = [limits.requests_per_minute, limits.max_concurrent, limits.tokens_per_minute, self.lease_us, arg]
+        return [int(x) for x in await self.scripts[op](keys=keys, args=args)]
+
+    async def admit(self, identity: str, member: str) -> Decision:
+        status, retry, rrem, rreset, trem, treset = await self._run("admit", identity, member)
+        limits = self.limits
+        return Decision(status == 0, {0: None, 1: "requests", 2: "concurrency"}[status], retry / 1e6,
+                        _quota(limits.requests_per_minute, rrem, rreset),
+                        _quota(limits.tokens_per_minute, trem, treset))
+
+    async def reserve(self, identity: str, cost: int) -> Decision:
+        status, retry, rem, reset = await self._run("reserve", identity, cost)
+        return Decision(status == 0, "tokens" if status else None, None if retry < 0 else retry / 1e6,
+                        tokens=_quota(self.limits.tokens_per_minute, rem, reset))
+
+    async def refund(self, identity: str, amount: int) -> Quota | None:
+        rem, reset = await self._run("refund", identity, amount)
+        return _quota(self.limits.tokens_per_minute, rem, reset)
+
+    async def release(self, identity: str, member: str) -> None:
+        await self._run("release", identity, member)
