@@ -23,7 +23,8 @@ test: install
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: install
-	$(BIN)/ruff check nanochat_gateway plugins tests bench
+	$(BIN)/ruff check nanochat_gateway plugins tests
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
+from typing import ParamSpec, TypeVar
 
+import torch
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -58,7 +62,11 @@ async def _apply_response_headers(request: web.Request, response: web.StreamResp
         response.headers.update(extra)
 
 
-async def _plugin_lifecycle(app: web.Application):
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+async def _plugin_lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     started: list[Plugin] = []
     try:
@@ -74,7 +82,7 @@ async def _plugin_lifecycle(app: web.Application):
                 log.exception("plugin %s failed during cleanup", plugin.name)
 
 
-async def _engine_lifecycle(app: web.Application):
+async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     state.bring_up = asyncio.create_task(_bring_up(state))
     yield
@@ -127,6 +135,7 @@ async def _bring_up(state: GatewayState) -> None:
                 log.exception("plugin %s failed in on_engine_ready", plugin.name)
         state.phase = "ready"
         loaded = state.model
+        assert loaded is not None  # every executor is ready
         log.info("phase=ready model=%s generation=%s dtype=%s executors=%d seconds=%.2f%s", state.model_id,
                  loaded.generation, str(loaded.dtype).removeprefix("torch."), len(executors),
                  time.time() - state.started_at,
@@ -138,33 +147,30 @@ async def _bring_up(state: GatewayState) -> None:
         state.phase, state.failure = "failed", str(exc)
 
 
-async def _in_daemon_thread(func, /, *args, **kwargs):
+async def _in_daemon_thread(func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
     """asyncio.to_thread in a daemon thread: asyncio.run waits for to_thread work at exit, so a
     SIGTERM during a long download would otherwise keep the process alive until the download ends."""
     loop = asyncio.get_running_loop()
-    future = loop.create_future()
+    future: asyncio.Future[R] = loop.create_future()
 
-    def settle(result, exc) -> None:
-        if future.done():  # cancelled by shutdown: nobody wants the result any more
-            return
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():  # done: cancelled by shutdown, nobody wants the result any more
+            outcome()
 
     def run() -> None:
+        outcome: Callable[[], None]
         try:
-            outcome = (func(*args, **kwargs), None)
+            outcome = functools.partial(future.set_result, func(*args, **kwargs))
         except BaseException as exc:
-            outcome = (None, exc)
+            outcome = functools.partial(future.set_exception, exc)
         with contextlib.suppress(RuntimeError):  # the loop is closed: the process is exiting
-            loop.call_soon_threadsafe(settle, *outcome)
+            loop.call_soon_threadsafe(settle, outcome)
 
     threading.Thread(target=run, name="resolve-model", daemon=True).start()
     return await future
 
 
-def _executor_name(device, index: int) -> str:
+def _executor_name(device: torch.device, index: int) -> str:
     return f"{device.type}{device.index if device.index is not None else index}"
 
 
@@ -182,7 +188,7 @@ class SharedLoader:
         self._cache: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
-    def load(self, device) -> LoadedModel:
+    def load(self, device: torch.device) -> LoadedModel:
         key = "cpu" if device.type == "cpu" else str(device)
         with self._lock:
             if key not in self._cache:

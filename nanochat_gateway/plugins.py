@@ -64,7 +64,7 @@ def exception_status(exc: BaseException, request: web.Request) -> int:
     status = getattr(exc, "status", None)
     if isinstance(status, int):
         return status
-    ctx = request.get(GENERATION)
+    ctx: GenerationContext | None = request.get(GENERATION)
     if ctx is not None and ctx.result is not None:
         return ctx.result.status
     if isinstance(exc, ConnectionResetError | asyncio.CancelledError):

@@ -123,11 +123,11 @@ def load_keys(settings: ApiKeysSettings, environ: Mapping[str, str]) -> list[tup
                                   "expected 'name = sha256:<64 hex>'")
             keys.add(match["name"], match["digest"], f"keys_file line {number}")
     if settings.keys_env:
-        text = environ.get(settings.keys_env)
-        if text is None:
+        listed = environ.get(settings.keys_env)
+        if listed is None:
             raise ConfigError(f"[plugins.api_keys] keys_env: the environment variable "
                               f"{settings.keys_env!r} is not set")
-        for item in filter(None, (part.strip() for part in text.split(","))):
+        for item in filter(None, (part.strip() for part in listed.split(","))):
             name, sep, digest = item.partition("=")
             if not sep:
                 raise ConfigError(f"[plugins.api_keys] keys_env {settings.keys_env}: expected "
@@ -164,6 +164,7 @@ class ApiKeys(Plugin):
 
     name = "api_keys"
     Settings = ApiKeysSettings
+    settings: ApiKeysSettings
 
     def __init__(self, settings: ApiKeysSettings, context: PluginContext) -> None:
         super().__init__(settings, context)

@@ -71,6 +71,7 @@ class Cors(Plugin):
 
     name = "cors"
     Settings = CorsSettings
+    settings: CorsSettings
 
     def __init__(self, settings: CorsSettings, context: PluginContext):
         super().__init__(settings, context)

@@ -64,7 +64,7 @@ from nanochat_gateway.plugins import (
 if TYPE_CHECKING:
     from nanochat_gateway.engine.executor import DeviceExecutor
 
-# vLLM's buckets (ANCHORS 2b) with extra 0.2-1 s resolution, where CPU decoding lives.
+# vLLM's latency buckets (vllm/v1/metrics/loggers.py) with extra 0.2-1 s resolution, where CPU decoding lives.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6,
                 0.75, 0.9, 1.0, 1.5, 2.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0,
@@ -125,7 +125,7 @@ class BoundedLabel:
 class ExecutorCollector(Collector):
     """Per-executor gauges read from the router on every scrape (empty before the router exists)."""
 
-    GAUGES = (
+    GAUGES: tuple[tuple[str, str, Callable[[DeviceExecutor], int]], ...] = (
         ("nanochat_num_requests_running", "Requests generating on this executor.", lambda e: e.running),
         ("nanochat_num_requests_waiting", "Requests queued for a KV slot.", lambda e: e.waiting),
         ("nanochat_kv_slots_used", "KV-cache slots (rows) in use.", lambda e: e.slots_used),
@@ -157,6 +157,7 @@ class Metrics(Plugin):
 
     name = "metrics"
     Settings = MetricsSettings
+    settings: MetricsSettings
 
     def __init__(self, settings: MetricsSettings, context: PluginContext):
         super().__init__(settings, context)

@@ -119,6 +119,7 @@ class RateLimit(Plugin):
 
     name = "rate_limit"
     Settings = RateLimitSettings
+    settings: RateLimitSettings
 
     def __init__(self, settings: RateLimitSettings, context: PluginContext) -> None:
         super().__init__(settings, context)
@@ -241,7 +242,7 @@ class RateLimit(Plugin):
             self._backend_failed(exc)
             return None
 
-    def _backend_failed(self, exc: Exception | None) -> None:
+    def _backend_failed(self, exc: BaseException | None) -> None:
         policy = self.settings.on_redis_error
         self.backend_errors += 1
         self.context.count("rate_limit_backend_error", policy=policy)

@@ -63,6 +63,7 @@ class RequestLog(Plugin):
 
     name = "request_log"
     Settings = RequestLogSettings
+    settings: RequestLogSettings
 
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in self.settings.skip_paths or not log.isEnabledFor(logging.INFO):

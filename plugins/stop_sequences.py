@@ -59,6 +59,7 @@ class StopSequencesSettings(BaseModel):
 class StopSequences(Plugin):
     name = "stop_sequences"
     Settings = StopSequencesSettings
+    settings: StopSequencesSettings
 
     async def on_request(self, ctx: GenerationContext) -> None:
         stops = [*ctx.stop, *self.settings.default_stop]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from aiohttp import web
 
@@ -53,7 +53,7 @@ def _completion(run: GenerationRun, body: ChatCompletionRequest, totals: list[Ch
     )
 
 
-async def _chunks(run: GenerationRun, body: ChatCompletionRequest) -> AsyncIterator[str]:
+async def _chunks(run: GenerationRun, body: ChatCompletionRequest) -> AsyncGenerator[str, None]:
     """The stream's events: every choice's role, then content deltas, finish reasons and usage."""
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())  # the same on every chunk
     include_usage = body.include_usage

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from aiohttp import web
 
@@ -59,7 +59,7 @@ def _completion(run: GenerationRun, body: CompletionRequest, totals: list[Choice
     )
 
 
-async def _chunks(run: GenerationRun, body: CompletionRequest) -> AsyncIterator[str]:
+async def _chunks(run: GenerationRun, body: CompletionRequest) -> AsyncGenerator[str, None]:
     """The stream's events: the echoed prompt (if asked), text deltas with finish reasons, usage."""
     completion_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())  # the same on every event
     include_usage = body.include_usage

@@ -183,7 +183,7 @@ def _union_prefix(loc: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
 
 
 def _is_type_error(error: Any) -> bool:
-    return error["type"].endswith(_TYPE_ERROR_SUFFIXES)
+    return str(error["type"]).endswith(_TYPE_ERROR_SUFFIXES)
 
 
 def _pick_error(errors: list[Any]) -> tuple[Any, str | None]:

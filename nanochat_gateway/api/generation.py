@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from nanochat_gateway.api import errors
-from nanochat_gateway.api.schemas import Usage
+from nanochat_gateway.api.schemas import FinishReason, Usage
 from nanochat_gateway.config import ServerSettings
 from nanochat_gateway.engine.detokenizer import IncrementalDetokenizer, ToolCallMode
 from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, TokenLogprob
@@ -48,7 +48,7 @@ class ChoiceOutput:
     text: str
     token_ids: list[int]
     logprobs: list[TokenLogprob] | None
-    finish_reason: str | None
+    finish_reason: FinishReason | None
 
 
 @dataclass
@@ -57,7 +57,16 @@ class ChoiceTotal:
 
     text: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
+    finish_reason: FinishReason = "stop"
+
+
+def client_finish_reason(reason: str) -> FinishReason:
+    """What a client is told: OpenAI's reasons only (a plugin may name its own; it reads as "stop")."""
+    if reason == "length":
+        return "length"
+    if reason == "content_filter":
+        return "content_filter"
+    return "stop"
 
 
 def engine_error_to_api(exc: EngineError, retry_after_s: float) -> errors.APIError:
@@ -93,12 +102,13 @@ class GenerationRun:
         self._deadline = time.monotonic() + server.request_timeout_s
         self._stream: RequestStream | None = None
         self.started_at = time.monotonic()
-        self.finish_reasons: list[str | None] = [None] * ctx.n
+        self.finish_reasons: list[FinishReason | None] = [None] * ctx.n
         self.completion_tokens: list[int] = [0] * ctx.n
         self._detoks: list[IncrementalDetokenizer] = []
         self._done = False
         self._aborted: errors.APIError | None = None
-        self._status, self._error = 200, None
+        self._status: int = 200
+        self._error: str | None = None
 
     # ----------------------------------------------------------------- start
     async def start(self) -> None:
@@ -166,7 +176,7 @@ class GenerationRun:
                 if out.logprobs:
                     totals[out.index].logprobs += out.logprobs
         for total, parts, reason in zip(totals, texts, self.finish_reasons, strict=True):
-            total.text, total.finish_reason = "".join(parts), reason
+            total.text, total.finish_reason = "".join(parts), reason or "stop"
         return totals
 
     def cancel(self) -> None:
@@ -242,13 +252,13 @@ class GenerationRun:
         event = TextEvent(i, text, final=final, finish_reason=delta.finish_reason)
         for plugin in self._text_plugins:
             plugin.on_text(self.ctx, event)
-        finish = None
+        finish: FinishReason | None = None
         if event.stop:
-            finish = event.finish_reason or "stop"
+            finish = client_finish_reason(event.finish_reason or "stop")
             if not final:
                 self.stream.cancel(i)
         elif final:
-            finish = event.finish_reason or delta.finish_reason
+            finish = client_finish_reason(event.finish_reason or delta.finish_reason or "stop")
         self.finish_reasons[i] = finish
         return ChoiceOutput(i, event.text, delta.token_ids, delta.logprobs, finish)
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from nanochat_gateway.api import errors
 from nanochat_gateway.api.generation import ClientGone
-from nanochat_gateway.plugins import REQUEST_ID
+from nanochat_gateway.plugins import REQUEST_ID, Handler
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,13 @@ def _http_exception_to_api(exc: web.HTTPException, request: web.Request) -> erro
 
 
 @web.middleware
-async def request_context(request: web.Request, handler) -> web.StreamResponse:
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     # A client-supplied id is kept when it is sane, so traces can span the caller and us.
     supplied = request.headers.get("x-request-id", "")
     request_id = supplied if _CLIENT_ID_RE.match(supplied) else new_request_id()
     request[REQUEST_ID] = request_id
     try:
-        response = await handler(request)
+        response: web.StreamResponse = await handler(request)
     except errors.APIError as exc:
         response = errors.error_response(exc)
     except web.HTTPException as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
@@ -38,7 +38,7 @@ async def send_done(response: EventSourceResponse) -> None:
     await response.send("[DONE]")
 
 
-async def stream_events(request: web.Request, run: GenerationRun, events: AsyncIterator[str]) -> web.StreamResponse:
+async def stream_events(request: web.Request, run: GenerationRun, events: AsyncGenerator[str, None]) -> web.StreamResponse:
     """Send each event (a serialised chunk) as SSE data, then [DONE].
 
     Once the headers are out the status is 200 whatever happens, so a failure (an APIError or

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _model_path(args: argparse.Namespace) -> str:
     if args.model:
-        return args.model
+        return str(args.model)
     from nanochat_gateway.model.demo import is_demo_dir, write_demo_checkpoint
     from nanochat_gateway.model.sources import default_demo_dir
 

@@ -12,12 +12,14 @@ import asyncio
 import os
 import random
 import time
+from typing import Any
 
 import torch
 
 from nanochat_gateway.engine.executor import DeviceExecutor
 from nanochat_gateway.engine.options import ExecutorOptions, StepInfo
 from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, SamplingParams
+from nanochat_gateway.engine.stream import RequestStream
 from nanochat_gateway.model.loader import load_model
 
 
@@ -36,7 +38,7 @@ def prompt_lengths(batch: int, mean: int, layout: str, seed: int = 0) -> list[in
     return lengths
 
 
-async def _drain(stream) -> int:
+async def _drain(stream: RequestStream) -> int:
     tokens = 0
     async for item in stream:
         if isinstance(item, EngineError):
@@ -47,7 +49,7 @@ async def _drain(stream) -> int:
 
 
 async def decode_throughput(source: str, *, dtype: str, batch: int, layout: str = "same", prompt_len: int = 300,
-                            gen_tokens: int = 64, threads: int = 0, seed: int = 0) -> dict:
+                            gen_tokens: int = 64, threads: int = 0, seed: int = 0) -> dict[str, Any]:
     """Tokens/s of full-batch decode steps for `batch` rows of independent requests.
 
     The model is loaded by the executor's own thread, as the server does: torch work done
@@ -65,6 +67,7 @@ async def decode_throughput(source: str, *, dtype: str, batch: int, layout: str 
     if executor.status != "ready":
         raise RuntimeError(f"executor failed: {executor.failure}")
     loaded = executor.loaded
+    assert loaded is not None  # set before the executor reports ready
     rng = random.Random(seed)
     specials = loaded.tokenizer.special_ids
     vocab = [t for t in range(loaded.config.vocab_size) if t not in specials]

@@ -13,8 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -36,12 +38,14 @@ class RequestTiming:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @asynccontextmanager
-async def running_server(model: str, *, dtype: str, max_batch_size: int, threads: int, extra_env: dict | None = None,
-                         startup_timeout: float = 300.0):
+async def running_server(model: str, *, dtype: str, max_batch_size: int, threads: int,
+                         extra_env: dict[str, str] | None = None,
+                         startup_timeout: float = 300.0) -> AsyncIterator[tuple[str, str]]:
     """Start `nanochat-gateway serve` in a subprocess; yield its base URL; stop it."""
     port = free_port()
     env = dict(os.environ)
@@ -61,7 +65,8 @@ async def running_server(model: str, *, dtype: str, max_batch_size: int, threads
             deadline = time.monotonic() + startup_timeout
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"server exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+                    log = proc.stderr.read() if proc.stderr is not None else b""
+                    raise RuntimeError(f"server exited: {log.decode(errors='replace')[-2000:]}")
                 try:
                     async with session.get(f"{url}/ready") as r:
                         if r.status == 200:
@@ -82,7 +87,7 @@ async def running_server(model: str, *, dtype: str, max_batch_size: int, threads
             proc.kill()
 
 
-async def _one_request(session: aiohttp.ClientSession, url: str, body: dict) -> RequestTiming:
+async def _one_request(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> RequestTiming:
     timing = RequestTiming(start=time.perf_counter())
     try:
         async with session.post(f"{url}/v1/chat/completions", json=body) as response:
@@ -116,7 +121,7 @@ async def _one_request(session: aiohttp.ClientSession, url: str, body: dict) -> 
 
 
 async def drive(url: str, model_id: str, *, requests: int, concurrency: int, prompt_words: int,
-                max_tokens: int, ignore_ids: list[int], seed: int = 0) -> dict:
+                max_tokens: int, ignore_ids: list[int], seed: int = 0) -> dict[str, Any]:
     """Send `requests` streaming chat requests, at most `concurrency` at a time."""
     semaphore = asyncio.Semaphore(concurrency)
     bias = {str(t): -100 for t in ignore_ids}  # keep every stream to exactly max_tokens
@@ -136,7 +141,7 @@ async def drive(url: str, model_id: str, *, requests: int, concurrency: int, pro
     return summarize(timings, wall, concurrency)
 
 
-def summarize(timings: list[RequestTiming], wall: float, concurrency: int) -> dict:
+def summarize(timings: list[RequestTiming], wall: float, concurrency: int) -> dict[str, Any]:
     ok = [t for t in timings if t.ok]
     ttft = [t.first_token - t.start for t in ok if t.first_token is not None]
     itl = [b - a for t in ok for a, b in zip(t.chunk_times, t.chunk_times[1:], strict=False)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from typing import Any
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -26,5 +27,5 @@ def print_table(title: str, rows: list[tuple[str, object]]) -> None:
         print(f"  {key:<{width}}  {value}")
 
 
-def print_json_line(result: dict) -> None:
+def print_json_line(result: dict[str, Any]) -> None:
     print(json.dumps(result, sort_keys=True, default=str))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,7 +22,7 @@ def _special_ids(model: str) -> list[int]:
     return [tokenizer.assistant_end, tokenizer.bos_id]
 
 
-async def run_engine_only(model: str, args: argparse.Namespace) -> dict:
+async def run_engine_only(model: str, args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for dtype in args.dtype.split(","):
         for layout in args.layout.split(","):
@@ -33,7 +35,7 @@ async def run_engine_only(model: str, args: argparse.Namespace) -> dict:
     return {"mode": "engine-only", "results": results}
 
 
-async def run_serving(model: str, args: argparse.Namespace) -> dict:
+async def run_serving(model: str, args: argparse.Namespace) -> dict[str, Any]:
     ignore = _special_ids(model)
     async with running_server(model, dtype=args.dtype, max_batch_size=max(args.concurrency, 1),
                               threads=args.threads) as (url, model_id):
@@ -47,7 +49,7 @@ async def run_serving(model: str, args: argparse.Namespace) -> dict:
             "ttft_p50_vs_lone": _ratio(loaded["ttft_p50_s"], lone["ttft_p50_s"])}
 
 
-def _print_serving(name: str, r: dict) -> None:
+def _print_serving(name: str, r: dict[str, Any]) -> None:
     print_table(f"serving: {name} ({r['requests']} requests)", [
         ("output tokens/s", r["output_tokens_per_s"]), ("requests/s", r["requests_per_s"]),
         ("TTFT p50 / p95 (s)", f"{r['ttft_p50_s']:.3f} / {r['ttft_p95_s']:.3f}"),
@@ -61,10 +63,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-async def run_suite(model: str, args: argparse.Namespace) -> dict:
+async def run_suite(model: str, args: argparse.Namespace) -> dict[str, Any]:
     """The comparisons of the engine targets, measured in one run on one machine."""
-    out: dict = {"mode": "suite", "threads": args.threads or torch.get_num_threads()}
-    engine: dict[str, dict] = {}
+    out: dict[str, Any] = {"mode": "suite", "threads": args.threads or torch.get_num_threads()}
+    engine: dict[str, dict[str, Any]] = {}
     for dtype in ("float32", "bfloat16"):
         for batch, layout in ((1, "same"), (16, "same"), (16, "ragged"), (16, "shuffled")):
             # best of two runs: these machines are noisy, and noise only ever slows a run down
@@ -107,7 +109,7 @@ async def run_suite(model: str, args: argparse.Namespace) -> dict:
     return out
 
 
-def golden_agreement(golden_dir) -> dict:
+def golden_agreement(golden_dir: Path) -> dict[str, Any]:
     """Share of the 40 greedy tokens where bf16 serving equals fp32, per golden checkpoint."""
     result = {}
     for gen_dir in sorted(p for p in golden_dir.iterdir() if (p / "expected.pt").is_file()):

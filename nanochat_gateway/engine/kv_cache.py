@@ -47,10 +47,6 @@ class SlotKVCache:
         # Smear mixes the previous token's embedding in, so each slot remembers its last one.
         self.prev_embed = torch.zeros(n_slots, config.n_embd, dtype=dtype, device=device) if smear else None
 
-    @staticmethod
-    def bytes_needed(config: ModelConfig, n_slots: int, max_seq_len: int, dtype: torch.dtype) -> int:
-        return config.kv_bytes_per_token(dtype) * n_slots * max_seq_len
-
     @property
     def nbytes(self) -> int:
         extra = self.prev_embed.nbytes if self.prev_embed is not None else 0

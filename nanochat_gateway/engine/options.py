@@ -52,16 +52,17 @@ class StepCounters:
     tokens_decoded: int = 0
 
 
-def check_kv_fits(device: torch.device, needed: int, options: ExecutorOptions, per_token: int) -> None:
+def check_kv_fits(device: torch.device, options: ExecutorOptions, max_seq_len: int, per_token: int) -> None:
     """Refuse a KV cache that cannot fit, saying what to lower."""
     available = available_memory(device)
     if available is None:
         return
+    needed = options.max_batch_size * max_seq_len * per_token
     budget = int(available * options.kv_cache_memory_fraction)
     if needed > budget:
         raise MemoryError(
             f"the KV cache needs {needed / 2**30:.2f} GiB ({options.max_batch_size} slots x "
-            f"max_seq_len tokens x {per_token} B/token) but only {budget / 2**30:.2f} GiB of {device} memory "
+            f"{max_seq_len} tokens x {per_token} B/token) but only {budget / 2**30:.2f} GiB of {device} memory "
             "is available for it; lower [engine] max_batch_size or max_seq_len"
         )
 

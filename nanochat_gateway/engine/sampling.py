@@ -45,7 +45,7 @@ class RowSampler:
 
     def adjust(self, row: torch.Tensor) -> None:
         """Apply logit_bias and OpenAI-style penalties to one row of logits, in place."""
-        if self.bias_ids is not None:
+        if self.bias_ids is not None and self.bias_values is not None:
             row.index_add_(0, self.bias_ids, self.bias_values)
         if self.penalized and self.counts:
             ids = torch.tensor(list(self.counts), dtype=torch.long, device=row.device)

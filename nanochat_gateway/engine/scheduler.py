@@ -70,8 +70,7 @@ class BatchScheduler:
         config = loaded.config
         n_slots = options.max_batch_size
         kv_dtype = kv_cache_dtype(device, loaded.dtype)
-        needed = SlotKVCache.bytes_needed(config, n_slots, max_seq_len, kv_dtype)
-        check_kv_fits(device, needed, options, config.kv_bytes_per_token(kv_dtype))
+        check_kv_fits(device, options, max_seq_len, config.kv_bytes_per_token(kv_dtype))
         self.cache = SlotKVCache(config, n_slots, max_seq_len, dtype=kv_dtype, device=device,
                                  smear=loaded.spec.smear)
         self._tools = RowTools(loaded.tokenizer, calculator=options.calculator)

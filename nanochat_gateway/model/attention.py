@@ -33,7 +33,7 @@ class StepAttention:
         parts += [self._prefill(q, kc, vc, s_no, seg, window) for s_no, seg in enumerate(self.batch.prefill)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
-    def _decode(self, q, kc, vc, g_no: int, group: DecodeGroup, window: int) -> torch.Tensor:
+    def _decode(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, g_no: int, group: DecodeGroup, window: int) -> torch.Tensor:
         key = (g_no, window)
         if key not in self._decode_masks:
             self._decode_masks[key] = self._decode_mask(group, window, q.device)
@@ -52,7 +52,7 @@ class StepAttention:
         y = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, enable_gqa=True)
         return y[local, :, 0].reshape(group.last - group.first, -1)
 
-    def _decode_mask(self, group: DecodeGroup, window: int, device) -> tuple[int, torch.Tensor | None]:
+    def _decode_mask(self, group: DecodeGroup, window: int, device: torch.device) -> tuple[int, torch.Tensor | None]:
         lo = max(0, group.min_pos - window)
         hi = group.max_pos + 1
         if group.dense and group.min_pos == group.max_pos and group.max_pos - lo <= window:
@@ -65,7 +65,7 @@ class StepAttention:
         mask = window_mask(row_pos, torch.arange(lo, hi, device=device), window)
         return lo, mask[:, None, None, :]
 
-    def _prefill(self, q, kc, vc, s_no: int, seg: PrefillSegment, window: int) -> torch.Tensor:
+    def _prefill(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, s_no: int, seg: PrefillSegment, window: int) -> torch.Tensor:
         key = (s_no, window)
         end = seg.start + seg.length
         if key not in self._prefill_masks:

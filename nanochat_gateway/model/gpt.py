@@ -15,8 +15,9 @@ Notable features:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn as nn
@@ -116,7 +117,8 @@ class Attention(nn.Module):
         self.ve_gate_scale = spec.ve_gate_scale
         self.qk_scale = spec.qk_scale
 
-    def project(self, xa: torch.Tensor, ve: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor):
+    def project(self, xa: torch.Tensor, ve: torch.Tensor | None, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v for normed input xa of shape (..., C); the last two dims become (heads, head_dim)."""
         lead = xa.shape[:-1]
         q = self.c_q(xa).view(*lead, self.n_head, self.head_dim)
@@ -139,7 +141,8 @@ class MLP(nn.Module):
         self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.relu(self.c_fc(x)).square())
+        out: torch.Tensor = self.c_proj(F.relu(self.c_fc(x)).square())
+        return out
 
 
 class Block(nn.Module):
@@ -159,10 +162,9 @@ class GPT(nn.Module):
         padded = config.padded_vocab(spec)
         # value embeddings sit on alternating layers, always including the last one
         self.ve_layers = [i for i in range(n_layer) if spec.value_embeds and i % 2 == (n_layer - 1) % 2]
-        self.transformer = nn.ModuleDict({
-            "wte": nn.Embedding(padded, config.n_embd),
-            "h": nn.ModuleList([Block(config, spec, i in self.ve_layers) for i in range(n_layer)]),
-        })
+        blocks = [Block(config, spec, i in self.ve_layers) for i in range(n_layer)]
+        self.transformer = nn.ModuleDict({"wte": nn.Embedding(padded, config.n_embd), "h": nn.ModuleList(blocks)})
+        self.blocks = blocks  # a plain list (not a registered name), typed for the forwards
         self.lm_head = Linear(config.n_embd, padded, bias=False)
         if spec.resid_lambdas:
             self.resid_lambdas = nn.Parameter(torch.ones(n_layer))
@@ -198,7 +200,7 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------ shared parts
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
-        return norm(self.transformer.wte(idx))
+        return norm(cast(nn.Embedding, self.transformer["wte"])(idx))
 
     def _smear_gate(self, e: torch.Tensor) -> torch.Tensor:
         return self.smear_lambda * torch.sigmoid(self.smear_gate(e[..., :24]))
@@ -209,14 +211,29 @@ class GPT(nn.Module):
         return x
 
     def _value_embed(self, i: int, idx: torch.Tensor) -> torch.Tensor | None:
-        return self.value_embeds[str(i)](idx) if i in self.ve_layers else None
+        return cast(nn.Embedding, self.value_embeds[str(i)])(idx) if i in self.ve_layers else None
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(norm(x))[..., : self.config.vocab_size]
+        logits: torch.Tensor = self.lm_head(norm(x))[..., : self.config.vocab_size]
         # a fresh float32 tensor we own, so the softcap runs in place (no extra vocab-sized passes)
         logits = logits.float() if logits.dtype != torch.float32 else logits.contiguous()
         cap = self.spec.softcap
         return logits.div_(cap).tanh_().mul_(cap)
+
+    def _blocks(self, x: torch.Tensor, idx: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The transformer stack both forwards share; ``attend(layer, q, k, v)`` is how each attends."""
+        x0, x_backout = x, None
+        for i, block in enumerate(self.blocks):
+            x = self._pre_block(i, x, x0)
+            q, k, v = block.attn.project(norm(x), self._value_embed(i, idx), cos, sin)
+            x = x + block.attn.c_proj(attend(i, q, k, v).to(x.dtype))
+            x = x + block.mlp(norm(x))
+            if self.spec.backout and i == self.config.n_layer // 2:
+                x_backout = x
+        if x_backout is not None:
+            x = x - self.backout_lambda * x_backout
+        return x
 
     # --------------------------------------------------------- no-cache forward
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -228,27 +245,22 @@ class GPT(nn.Module):
         x = self._embed(idx)
         if self.spec.smear and T > 1:
             x = torch.cat([x[:, :1], x[:, 1:] + self._smear_gate(x[:, 1:]) * x[:, :-1]], dim=1)
-        x0, x_backout = x, None
         pos = torch.arange(T, device=idx.device)
         masks: dict[int, torch.Tensor | None] = {}
-        for i, block in enumerate(self.transformer.h):
-            x = self._pre_block(i, x, x0)
-            q, k, v = block.attn.project(norm(x), self._value_embed(i, idx), cos, sin)
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             w = self.windows[i]
             if w not in masks:
                 masks[w] = None if w >= T - 1 else window_mask(pos, pos, w)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            if masks[w] is None:
+            mask = masks[w]
+            if mask is None:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
             else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=masks[w], enable_gqa=True)
-            x = x + block.attn.c_proj(y.transpose(1, 2).reshape(B, T, -1))
-            x = x + block.mlp(norm(x))
-            if self.spec.backout and i == self.config.n_layer // 2:
-                x_backout = x
-        if x_backout is not None:
-            x = x - self.backout_lambda * x_backout
-        return self._logits(x)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            return y.transpose(1, 2).reshape(B, T, -1)
+
+        return self._logits(self._blocks(x, idx, cos, sin, attend))
 
     # ------------------------------------------------ continuous-batching step
     def forward_step(self, batch: StepBatch, cache: KVStore) -> torch.Tensor:
@@ -260,28 +272,22 @@ class GPT(nn.Module):
         cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
         e = self._embed(idx)
         x = self._smear_step(e, batch, cache) if self.spec.smear else e
-        x0, x_backout = x, None
-        attend = StepAttention(batch, self.config.n_head, self.config.head_dim)
-        kv_rows = None
-        for i, block in enumerate(self.transformer.h):
-            x = self._pre_block(i, x, x0)
-            q, k, v = block.attn.project(norm(x), self._value_embed(i, idx), cos, sin)
+        step_attention = StepAttention(batch, self.config.n_head, self.config.head_dim)
+        # Row of each (token, kv head) in a layer's cache viewed as (-1, head_dim): the same for every layer.
+        kv_rows = self._kv_rows(batch, cache.k[0])
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             kc, vc = cache.k[i], cache.v[i]
-            # Scatter this step's keys/values to (slot, head, position) rows of the cache,
-            # viewed as a flat list of head_dim vectors: index_copy_ is much cheaper than
-            # advanced-index assignment.
-            kv_rows = kv_rows if kv_rows is not None else self._kv_rows(batch, kc)
+            # Scatter this step's keys/values to (slot, head, position) rows of the cache:
+            # index_copy_ into the flat view is much cheaper than advanced-index assignment.
             kc.view(-1, kc.shape[-1]).index_copy_(0, kv_rows, k.reshape(-1, k.shape[-1]).to(kc.dtype))
             vc.view(-1, vc.shape[-1]).index_copy_(0, kv_rows, v.reshape(-1, v.shape[-1]).to(vc.dtype))
-            y = attend(q, kc, vc, self.windows[i])
-            x = x + block.attn.c_proj(y.to(x.dtype))
-            x = x + block.mlp(norm(x))
-            if self.spec.backout and i == self.config.n_layer // 2:
-                x_backout = x
-        if x_backout is not None:
-            x = x - self.backout_lambda * x_backout
+            return step_attention(q, kc, vc, self.windows[i])
+
+        x = self._blocks(x, idx, cos, sin, attend)
         if self.spec.smear:
             # Saved only after every layer ran, so a step that raises leaves the state intact.
+            assert cache.prev_embed is not None, "a smear model's cache keeps the previous embeddings"
             last = batch.segment_last
             cache.prev_embed[batch.slots[last]] = e[last].to(cache.prev_embed.dtype)
         return self._logits(x[batch.logit_index])
@@ -300,6 +306,7 @@ class GPT(nn.Module):
         prev = torch.empty_like(e)
         prev[1:] = e[:-1]
         first = batch.segment_first
+        assert cache.prev_embed is not None, "a smear model's cache keeps the previous embeddings"
         saved = cache.prev_embed[batch.slots[first]].to(e.dtype)
         prev[first] = saved * batch.segment_first_has_prev[:, None].to(e.dtype)
         return e + self._smear_gate(e) * prev

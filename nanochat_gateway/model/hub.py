@@ -25,16 +25,18 @@ from typing import Any
 
 import huggingface_hub
 from huggingface_hub import constants
-from huggingface_hub.utils import (
+from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
-    validate_repo_id,
 )
-from huggingface_hub.utils import tqdm as hf_tqdm
+
+# huggingface_hub.utils loads these lazily, which a type checker cannot follow.
+from huggingface_hub.utils import tqdm as hf_tqdm  # type: ignore[attr-defined]
+from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 
 from nanochat_gateway.model.checkpoint import (
     CHECKPOINT_DIRS,
@@ -67,7 +69,7 @@ class _SilentTqdm(hf_tqdm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["disable"] = True
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 
 def parse_hf_source(source: str) -> tuple[str, str | None]:
@@ -141,7 +143,7 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status < 500
+            return bool(response.status < 500)
     except urllib.error.HTTPError as exc:
         return exc.code < 500  # an answer, even 4xx, means the network path works
     except (OSError, ValueError, http.client.HTTPException):  # no route, DNS, timeout, bad HF_ENDPOINT

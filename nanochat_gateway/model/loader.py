@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ class LoadedModel:
     dtype: torch.dtype
     source: str = ""
     is_demo: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -168,8 +167,8 @@ def load_model(
         state_dict, config, spec, device=device, dtype=torch_dtype,
         model_path=files.model_path, rotary_len=rotary_len,
     )
-    user_config = meta.get("user_config") if isinstance(meta.get("user_config"), dict) else {}
-    is_demo = bool(user_config.get("demo"))
+    user_config = meta.get("user_config")
+    is_demo = isinstance(user_config, dict) and bool(user_config.get("demo"))
     log.info(
         "loaded %s (generation %s, step %d, %s, %s)%s", files.model_path, spec.name, files.step,
         str(torch_dtype).removeprefix("torch."), device, " [DEMO MODEL: random weights]" if is_demo else "",

@@ -71,6 +71,8 @@ class _EncodingRecorder:
     """Stand-in for ``tiktoken.core.Encoding`` while unpickling: keeps the BUILD state, runs nothing."""
 
     __slots__ = ("state", "has_state")
+    state: object
+    has_state: bool
 
     def __new__(cls, *args: object, **kwargs: object) -> _EncodingRecorder:
         # nanochat's files use NEWOBJ with no arguments; anything else is not a tiktoken pickle.

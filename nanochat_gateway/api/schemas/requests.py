@@ -70,7 +70,7 @@ def _requires(field: str, other: str, value: Any) -> dict[str, Any]:
 
 _STREAM_OPTIONS_NEED_STREAM = _requires("stream_options", "stream", True)
 # best_of must equal n (n defaults to 1); JSON Schema cannot compare fields, so list each allowed pair.
-_BEST_OF_EQUALS_N = {
+_BEST_OF_EQUALS_N: dict[str, Any] = {
     "anyOf": [
         {"properties": {"best_of": {"type": "null"}}},
         # n may be absent or null only when it is the default 1.

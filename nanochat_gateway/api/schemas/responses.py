@@ -186,7 +186,7 @@ class ErrorResponse(BaseModel):
 
 
 
-_WITHOUT_USAGE = frozenset({"usage"})
+_WITHOUT_USAGE: set[str] = {"usage"}
 
 
 def dump(model: BaseModel) -> str:
