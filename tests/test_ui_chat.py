@@ -313,7 +313,8 @@ async def test_the_page_talks_to_its_own_gateway_only(start_ui_gateway, open_pag
              if not url.startswith("blob:")}
     assert paths <= {"/", "/ui/V/app.js", "/ui/V/style.css", "/ui/V/icon.svg", "/ui/V/api.js", "/ui/V/sse.js",
                      "/ui/V/markdown.js", "/ui/V/store.js", "/ui/V/settings.js", "/ui/V/view.js", "/ui/V/sidebar.js",
-                     "/ui/V/dialogs.js", "/ui/V/panel.js", "/ready", "/v1/models", "/v1/chat/completions"}, paths
+                     "/ui/V/dialogs.js", "/ui/V/panel.js", "/ui/V/chats.js", "/ui/V/connection.js", "/ui/V/util.js",
+                     "/ready", "/v1/models", "/v1/chat/completions"}, paths
     assert {"/", "/ready", "/v1/models", "/v1/chat/completions"} <= paths
     page_response = next(r for r in responses if r.url == gateway.url + "/")
     assert (await page_response.all_headers())["content-security-policy"].startswith("default-src 'self'")

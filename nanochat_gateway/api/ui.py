@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler
 
 PAGE_PATH = "/"
 STATIC_PREFIX = "/ui/"
+FILE_ROUTE = STATIC_PREFIX + "{version}/{name}"
 PAGE_FILE = "index.html"
 # index.html names its files as {{version}}/<name>, filled in when the app is built.
 VERSION_MARK = "{{version}}"
@@ -69,13 +70,17 @@ def load_files() -> tuple[str, dict[str, StaticFile]]:
 def add_routes(app: web.Application) -> set[str]:
     """Serve the chat page at / and its files under /ui/<version>/; return the paths served."""
     _, files = load_files()
-    for path, file in files.items():
-        app.router.add_get(path, _handler(file))
+    serve = _handler(files)
+    app.router.add_get(PAGE_PATH, serve)
+    app.router.add_get(FILE_ROUTE, serve)
     return set(files)
 
 
-def _handler(file: StaticFile) -> Handler:
+def _handler(files: dict[str, StaticFile]) -> Handler:
     async def serve(request: web.Request) -> web.StreamResponse:
+        file = files.get(request.path)
+        if file is None:  # another version's file, or no such file
+            raise web.HTTPNotFound()
         headers = {
             "ETag": file.etag,
             "Cache-Control": file.cache_control,

@@ -6,11 +6,10 @@ import { DEFAULTS, checkSetting, saveSettings } from "./settings.js";
 const FIELDS = ["temperature", "topK", "topP", "maxTokens", "seed", "system"];
 
 export class SettingsPanel {
-  constructor(settings, storage, { onToggle }) {
+  constructor(settings, storage) {
     this.settings = settings;
     this.storage = storage;
     this.maxModelLen = null;
-    this.onToggle = onToggle;
     this.panel = document.getElementById("settings");
     this.error = document.getElementById("settings-error");
     this.button = document.getElementById("open-settings");
@@ -43,7 +42,6 @@ export class SettingsPanel {
     this.button.setAttribute("aria-expanded", String(open));
     if (open) this.input("temperature").focus();
     else if (this.panel.contains(document.activeElement) || document.activeElement === document.body) this.button.focus();
-    this.onToggle(open);
   }
 
   /** The model's context bounds max tokens. */
@@ -51,9 +49,7 @@ export class SettingsPanel {
     this.maxModelLen = maxModelLen;
     const input = this.input("maxTokens");
     if (maxModelLen) input.max = String(maxModelLen);
-    document.getElementById("max-tokens-hint").textContent = maxModelLen
-      ? `up to ${maxModelLen}; blank = as many as fit`
-      : "blank = as many as fit";
+    document.getElementById("max-tokens-hint").textContent = maxModelLen ? `1 to ${maxModelLen}` : "";
   }
 
   fill() {
