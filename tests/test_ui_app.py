@@ -230,21 +230,32 @@ async def test_429_counts_down_from_retry_after_then_sending_comes_back(start_ui
     await expect(notice).to_be_hidden()
 
 
-async def test_503_when_busy_counts_down_and_sending_comes_back(start_ui_gateway, open_page):
+async def test_503_when_busy_counts_down_and_a_refused_regeneration_can_be_retried(start_ui_gateway, open_page):
     gateway = await start_ui_gateway(**{"engine.max_batch_size": 1, "engine.max_queue": 0,
                                         "plugins.recorder": {"ban_end_tokens": True}})
     chat = await open_page(gateway)
     page = chat.page
+    await chat.send("/max_tokens 3")
+    await chat.ask("first")
     body = {"model": gateway.model_id, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1800,
             "stream": True}
+    notice = page.locator("#notice")
     async with aiohttp.ClientSession() as session, session.post(gateway.url + "/v1/chat/completions",
                                                                 json=body) as busy:
-        await busy.content.readline()  # the one slot is taken
+        await busy.content.readline()  # the one slot is taken, and nothing may wait for it
         await chat.send("hello")
-        await expect(page.locator("#notice")).to_contain_text("The gateway is busy")
-        await expect(page.locator("#notice")).to_contain_text("You can send again in 1 s")
+        await expect(notice).to_contain_text("The gateway is busy")
+        await expect(notice).to_contain_text("You can send again in 1 s")
+        await expect(page.locator("#send")).to_be_enabled()
+        assert await page.locator("#input").input_value() == "hello"
+        await page.locator('article[data-index="1"] [data-action=regenerate]').click()
+        await expect(notice).to_contain_text("The gateway is busy")
+    # The regenerated reply was refused: the question stays, unanswered, with a Retry.
+    assert await chat.messages() == [("user", "first")]
     await expect(page.locator("#send")).to_be_enabled()
-    assert await page.locator("#input").input_value() == "hello"
+    await page.locator("[data-action=retry]").click()
+    await expect(page.locator("article.assistant:not(.writing)")).to_have_count(1)
+    await expect(page.locator("article.assistant .msg-meta")).to_contain_text("3 tokens · cut at max tokens")
 
 
 async def test_an_error_mid_stream_and_a_dropped_connection_keep_the_partial_reply(start_ui_gateway, open_page):
