@@ -18,26 +18,18 @@ from ui_support import PHONE, RECORDER, recorder_of
 
 from conftest import GOLDEN
 from nanochat_gateway.api import ui
+from nanochat_gateway.synth.check import check_file
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 ALICE = "ncg-alice-browser-key"
 
 
-def customjson_conversations(text: str) -> list[list[dict]]:
-    """Read SFT JSONL as nanochat's CustomJSON task does, its checks as assertions: each non-blank
-    line a JSON array of at least two {role, content} messages, user and assistant alternating
-    from the user, content a string."""
-    conversations = []
-    for line in filter(None, (line.strip() for line in text.splitlines())):
-        messages = json.loads(line)
-        assert isinstance(messages, list) and len(messages) >= 2, line
-        for position, message in enumerate(messages):
-            assert {"role", "content"} <= set(message), line
-            assert message["role"] == ("assistant" if position % 2 else "user"), line
-            assert isinstance(message["content"], str), line
-        conversations.append(messages)
-    return conversations
+def sft_conversations(path: Path) -> list[list[dict]]:
+    """The conversations of an SFT JSONL file, after checking it against nanochat's CustomJSON rules."""
+    result = check_file(path)
+    assert result.problems == [] and result.conversations > 0
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 async def download(page, button: str) -> Path:
@@ -96,7 +88,7 @@ async def test_chats_are_kept_renamed_deleted_exported_and_imported_back(start_u
     await expect(page.locator("#notice")).to_contain_text("could not be imported")
 
 
-async def test_sft_export_is_what_nanochat_customjson_reads(start_ui_gateway, open_page):
+async def test_sft_export_is_what_nanochat_customjson_reads(start_ui_gateway, open_page, tmp_path):
     gateway = await start_ui_gateway(**{"plugins.recorder": {"replies": ["Paris.", "About 2.1 million.", "Hello!"]}})
     chat = await open_page(gateway)
     page = chat.page
@@ -107,14 +99,14 @@ async def test_sft_export_is_what_nanochat_customjson_reads(start_ui_gateway, op
     await chat.send("/system")
     await chat.ask("Hi")
 
-    everything = customjson_conversations((await download(page, "#export-sft-all")).read_text())
+    everything = sft_conversations(await download(page, "#export-sft-all"))
     assert sorted(everything, key=len) == [
         [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
         [{"role": "user", "content": "Answer briefly.\n\nCapital of France?"},
          {"role": "assistant", "content": "Paris."},
          {"role": "user", "content": "Population?"}, {"role": "assistant", "content": "About 2.1 million."}],
     ]
-    this_chat = customjson_conversations((await download(page, "#export-sft-one")).read_text())
+    this_chat = sft_conversations(await download(page, "#export-sft-one"))
     assert this_chat == [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]]
 
     # Chats that end unanswered, hold an empty reply or break the turn order export only their valid start.
@@ -130,8 +122,9 @@ async def test_sft_export_is_what_nanochat_customjson_reads(start_ui_gateway, op
         ]);
     }""", f"/ui/{version}")
     assert text["count"] == 2 and text["skipped"] == 2
-    assert customjson_conversations(text["text"]) == [[{"role": "user", "content": "a"},
-                                                       {"role": "assistant", "content": "b"}]] * 2
+    (tmp_path / "edges.jsonl").write_text(text["text"])
+    assert sft_conversations(tmp_path / "edges.jsonl") == [[{"role": "user", "content": "a"},
+                                                           {"role": "assistant", "content": "b"}]] * 2
 
 
 async def test_a_full_browser_storage_is_reported_and_the_chat_is_not_lost(start_ui_gateway, open_page):

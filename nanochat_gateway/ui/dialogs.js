@@ -2,6 +2,7 @@
 // ticked) and the two small dialogs: asking for the key, confirming a deletion.
 
 import { browserStorage } from "./store.js";
+import { $ } from "./util.js";
 
 const KEY_NAME = "ncg.apiKey";
 
@@ -42,68 +43,58 @@ export function askForKey(reason, keys) {
 }
 
 function promptForKey(reason, keys) {
-  const dialog = document.getElementById("key-dialog");
-  const form = document.getElementById("key-form");
-  const input = document.getElementById("key-input");
-  const remember = document.getElementById("key-remember");
-  document.getElementById("key-reason").textContent = reason;
+  const input = $("key-input");
+  const remember = $("key-remember");
+  $("key-reason").textContent = reason;
   input.value = "";
   remember.checked = Boolean(keys.local && keys.local.getItem(KEY_NAME));
+  const asked = modal("key", () => {
+    const key = input.value.trim();
+    if (key) keys.set(key, remember.checked);
+    return key || undefined;
+  });
+  input.focus();
+  return asked;
+}
+
+/** Ask "are you sure?"; resolves to true or false. */
+export async function confirmAction(text, okLabel = "Delete") {
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = okLabel;
+  const answer = modal("confirm", () => true);
+  $("confirm-cancel").focus();
+  return (await answer) === true;
+}
+
+/**
+ * Show the dialog `<name>-dialog` until its form is submitted or it is cancelled (its Cancel
+ * button, Esc). accept() gives the value to resolve with, or undefined to stay open; a cancel
+ * resolves with null.
+ */
+function modal(name, accept) {
+  const dialog = $(`${name}-dialog`);
+  const form = $(`${name}-form`);
+  const cancel = $(`${name}-cancel`);
   return new Promise((resolve) => {
-    const done = (key) => {
+    const done = (value) => {
       form.removeEventListener("submit", onSubmit);
+      cancel.removeEventListener("click", onCancel);
       dialog.removeEventListener("cancel", onCancel);
-      cancelButton.removeEventListener("click", onCancel);
       if (dialog.open) dialog.close();
-      resolve(key);
+      resolve(value);
     };
     const onSubmit = (event) => {
       event.preventDefault();
-      const key = input.value.trim();
-      if (!key) return;
-      keys.set(key, remember.checked);
-      done(key);
+      const value = accept();
+      if (value !== undefined) done(value);
     };
     const onCancel = (event) => {
       event.preventDefault();
       done(null);
     };
-    const cancelButton = document.getElementById("key-cancel");
     form.addEventListener("submit", onSubmit);
-    dialog.addEventListener("cancel", onCancel);
-    cancelButton.addEventListener("click", onCancel);
-    if (!dialog.open) dialog.showModal();
-    input.focus();
-  });
-}
-
-/** Ask "are you sure?"; resolves to true or false. */
-export function confirmAction(text, okLabel = "Delete") {
-  const dialog = document.getElementById("confirm-dialog");
-  const form = document.getElementById("confirm-form");
-  const cancel = document.getElementById("confirm-cancel");
-  document.getElementById("confirm-text").textContent = text;
-  document.getElementById("confirm-ok").textContent = okLabel;
-  return new Promise((resolve) => {
-    const done = (answer) => {
-      form.removeEventListener("submit", onOk);
-      cancel.removeEventListener("click", onCancel);
-      dialog.removeEventListener("cancel", onCancel);
-      if (dialog.open) dialog.close();
-      resolve(answer);
-    };
-    const onOk = (event) => {
-      event.preventDefault();
-      done(true);
-    };
-    const onCancel = (event) => {
-      event.preventDefault();
-      done(false);
-    };
-    form.addEventListener("submit", onOk);
     cancel.addEventListener("click", onCancel);
     dialog.addEventListener("cancel", onCancel);
-    dialog.showModal();
-    cancel.focus();
+    if (!dialog.open) dialog.showModal();
   });
 }

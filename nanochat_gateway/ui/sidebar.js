@@ -1,5 +1,7 @@
 // The list of conversations: pick one, rename it in place, delete it.
 
+import { onEditKeys } from "./util.js";
+
 export class ChatList {
   /** actions: {select(id), rename(id, title), remove(id)} */
   constructor(list, actions) {
@@ -77,16 +79,7 @@ export class ChatList {
       if (keep && input.value.trim()) this.actions.rename(id, input.value.trim());
       else this.actions.rename(id, null);
     };
-    input.addEventListener("keydown", (event) => {
-      if (event.key === "Enter") {
-        event.preventDefault();
-        finish(true);
-      } else if (event.key === "Escape") {
-        event.preventDefault();
-        event.stopPropagation();
-        finish(false);
-      }
-    });
+    onEditKeys(input, finish);
     input.addEventListener("blur", () => finish(true));
     open.replaceWith(input);
     input.focus();

@@ -13,6 +13,20 @@ export function notice(text, kind = "info") {
   banner.className = `banner ${kind}`;
 }
 
+/** In a field edited in place: Enter (without Shift) calls done(true), Esc done(false). */
+export function onEditKeys(field, done) {
+  field.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      done(true);
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation(); // the page's Esc (stop, close a panel) is not meant
+      done(false);
+    }
+  });
+}
+
 /** Copy text; true when it worked. */
 export async function copyText(text) {
   try {

@@ -3,6 +3,7 @@
 // and the view follows the stream only while it is scrolled to the bottom.
 
 import { renderMarkdown } from "./markdown.js";
+import { onEditKeys } from "./util.js";
 
 const FINISH_TEXT = {
   stop: "finished",
@@ -206,16 +207,7 @@ export class ChatView {
       event.stopPropagation();
       finish(false);
     });
-    area.addEventListener("keydown", (event) => {
-      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-        event.preventDefault();
-        finish(true);
-      } else if (event.key === "Escape") {
-        event.preventDefault();
-        event.stopPropagation();
-        finish(false);
-      }
-    });
+    onEditKeys(area, finish);
     area.focus();
     area.setSelectionRange(area.value.length, area.value.length);
   }
