@@ -21,7 +21,7 @@ import torch
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from nanochat_gateway.api import routes
+from nanochat_gateway.api import routes, ui
 from nanochat_gateway.api.middleware import request_context
 from nanochat_gateway.config import Settings
 from nanochat_gateway.engine.executor import DeviceExecutor
@@ -50,6 +50,8 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
             app.middlewares.append(web.middleware(plugin.middleware))
     app.on_response_prepare.append(_apply_response_headers)
     routes.add_routes(app)
+    if settings.ui.enabled:
+        context.public_paths |= ui.add_routes(app)
     for plugin in state.plugins:
         app.router.add_routes(list(plugin.routes()))
     app.cleanup_ctx.append(_engine_lifecycle)

@@ -33,6 +33,7 @@ __all__ = [
     "PluginsSettings",
     "ServerSettings",
     "Settings",
+    "UiSettings",
     "describe_settings",
     "load_settings",
     "parse_value",
@@ -147,6 +148,14 @@ class LoggingSettings(BaseModel):
     format: Literal["text", "json", "keyvalue"] = "text"
 
 
+class UiSettings(BaseModel):
+    """The ``[ui]`` table: the chat page for people at ``/``."""
+
+    model_config = _TABLE
+
+    enabled: bool = Field(True, description="serve the chat page at / (its files under /ui/)")
+
+
 class PluginsSettings(BaseModel):
     """The ``[plugins]`` table: the enabled list plus one raw ``[plugins.<name>]`` table per plugin.
 
@@ -198,6 +207,7 @@ class Settings(BaseModel):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
     plugins: PluginsSettings = Field(default_factory=PluginsSettings)
 
 

@@ -152,6 +152,9 @@ class PluginContext:
     registry: Any  # the app's prometheus_client CollectorRegistry
     router: Router | None = None
     plugins: list[Plugin] = field(default_factory=list)
+    # Paths the gateway serves to anyone, such as the chat page and its files: they hold no
+    # data, and the page must load before it can ask for a key. Access checks let them through.
+    public_paths: set[str] = field(default_factory=set)
 
     def count(self, event: str, **labels: str) -> None:
         """Report an event (e.g. "auth_failure", reason="missing_key") to every plugin."""

@@ -12,8 +12,9 @@ Keys come from three places, merged at start-up (a name or digest may appear onl
 the SHA-256 of the presented key equals a configured digest (compared with hmac.compare_digest
 against every digest, so the time taken does not depend on which key matched); the key's name is
 then stored as ``request[API_KEY_NAME]`` for rate limiting and logs. Otherwise the answer is 401
-in OpenAI's shape with ``WWW-Authenticate: Bearer``. Paths in ``public_paths`` and OPTIONS
-(CORS preflight) requests need no key; ``/metrics`` needs ``metrics_token`` (and only it) when set.
+in OpenAI's shape with ``WWW-Authenticate: Bearer``. Paths in ``public_paths``, the chat page and
+its static files (``PluginContext.public_paths``; the page asks for a key when the API answers 401)
+and OPTIONS (CORS preflight) requests need no key; ``/metrics`` needs ``metrics_token`` (and only it) when set.
 With no keys configured the plugin lets everything through and warns at start-up. Keys and
 digests are never logged.
 """
@@ -184,8 +185,9 @@ class ApiKeys(Plugin):
                      f", {self.settings.metrics_path} needs its token" if self.metrics_digest else "")
 
     def is_public(self, path: str) -> bool:
-        """Whether ``path`` is served without a key."""
-        return path in self.exact_public or path.startswith(self.public_prefixes)
+        """Whether ``path`` is served without a key (its own public_paths, or the gateway's chat page)."""
+        return (path in self.exact_public or path.startswith(self.public_prefixes)
+                or path in self.context.public_paths)
 
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "OPTIONS":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ui_support import browser, open_page, start_ui_gateway  # noqa: F401  (fixtures of the chat page's tests)
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 GENERATIONS = ["2025-10", "2025-12", "2026-01", "2026-03", "2026-07"]
@@ -63,6 +64,29 @@ class Gateway:
         return self.state.model_id
 
 
+async def launch_gateway(serve, model_dir, *, wait_ready: bool = True, **overrides) -> Gateway:
+    """Build a gateway app serving `model_dir` (stop_sequences only, 8 slots unless overridden),
+    start it with `serve(app)` (which returns a TestServer) and wait until it is ready."""
+    import asyncio
+
+    from nanochat_gateway.app import create_app
+    from nanochat_gateway.config import load_settings
+
+    values = {"model.source": str(model_dir), "model.dtype": "float32",
+              "plugins.enabled": ["stop_sequences"], "engine.max_batch_size": 8}
+    values.update(overrides)
+    settings = load_settings(None, env={}, overrides=values)
+    app = create_app(settings)
+    gateway = Gateway(await serve(app), app)
+    if wait_ready:
+        for _ in range(600):
+            if gateway.state.is_ready or gateway.state.failure:
+                break
+            await asyncio.sleep(0.05)
+        assert gateway.state.is_ready, gateway.state.readiness()
+    return gateway
+
+
 @pytest.fixture
 def start_gateway(aiohttp_server, tiny_model_dir):
     """Factory: start_gateway(model_dir=None, **dotted_overrides) -> ready Gateway.
@@ -71,26 +95,9 @@ def start_gateway(aiohttp_server, tiny_model_dir):
     The tiny demo model is served unless model_dir is given; plugins default to
     stop_sequences only, so each test enables what it exercises.
     """
-    import asyncio
-
-    from nanochat_gateway.app import create_app
-    from nanochat_gateway.config import load_settings
 
     async def start(model_dir=None, *, wait_ready: bool = True, **overrides) -> Gateway:
-        values = {"model.source": str(model_dir or tiny_model_dir), "model.dtype": "float32",
-                  "plugins.enabled": ["stop_sequences"], "engine.max_batch_size": 8}
-        values.update(overrides)
-        settings = load_settings(None, env={}, overrides=values)
-        app = create_app(settings)
-        server = await aiohttp_server(app)
-        gateway = Gateway(server, app)
-        if wait_ready:
-            for _ in range(600):
-                if gateway.state.is_ready or gateway.state.failure:
-                    break
-                await asyncio.sleep(0.05)
-            assert gateway.state.is_ready, gateway.state.readiness()
-        return gateway
+        return await launch_gateway(aiohttp_server, model_dir or tiny_model_dir, wait_ready=wait_ready, **overrides)
 
     return start
 

@@ -13,6 +13,7 @@ import time
 import aiohttp
 import pytest
 
+from nanochat_gateway.api import ui
 from nanochat_gateway.api.openapi import build_openapi
 
 FUZZ_BUDGET_S = 20.0
@@ -36,7 +37,8 @@ async def test_openapi_document_is_3_1_and_matches_the_routes(gateway):
     doc = await fetch_openapi(gateway)
     assert doc["openapi"] == "3.1.0"
     served = {r.resource.canonical for r in gateway.app.router.routes() if r.resource is not None}
-    assert set(doc["paths"]) == served - {"/openapi.json"}
+    page = {ui.PAGE_PATH, ui.FILE_ROUTE}  # the chat page and its files are for browsers, not API clients
+    assert set(doc["paths"]) == served - {"/openapi.json"} - page
     schemas = doc["components"]["schemas"]
     # The model field is pinned to the served model, so generated requests name it.
     assert schemas["ChatCompletionRequest"]["properties"]["model"]["enum"] == [gateway.model_id]

@@ -69,6 +69,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_top_logprobs": 20,
     },
     "logging": {"level": "info", "format": "text"},
+    "ui": {"enabled": True},
     "plugins": {"enabled": ["request_log", "metrics", "api_keys", "rate_limit", "stop_sequences"]},
 }
 
