@@ -70,14 +70,14 @@ class Recorder(Plugin):
         return await handler(request)
 
     async def on_request(self, ctx: GenerationContext) -> None:
-        ctx.state[self.name] = {"turn": self.generations, "deltas": 0, "text": []}
+        ctx.scratch[self.name] = {"turn": self.generations, "deltas": 0, "text": []}
         self.generations += 1
         if self.settings.ban_end_tokens and self.context.router is not None:
             tokenizer = self.context.router.executors[0].loaded.tokenizer
             ctx.sampling.logit_bias.update({tokenizer.assistant_end: -100.0, tokenizer.bos_id: -100.0})
 
     def on_text(self, ctx: GenerationContext, event: TextEvent) -> None:
-        state = ctx.state[self.name]
+        state = ctx.scratch[self.name]
         replies = self.settings.replies
         if replies:
             # The whole fixed reply goes out with the first delta, and the choice ends there.
@@ -90,7 +90,7 @@ class Recorder(Plugin):
             asyncio.get_running_loop().call_later(0.2, ctx.request.transport.close)
 
     async def on_response(self, ctx: GenerationContext, result: GenerationResult) -> None:
-        self.texts.append("".join(ctx.state[self.name]["text"]))
+        self.texts.append("".join(ctx.scratch[self.name]["text"]))
 
 
 def recorder_of(gateway) -> Recorder:
