@@ -242,6 +242,8 @@ async def test_503_when_busy_counts_down_and_a_refused_regeneration_can_be_retri
         await expect(page.locator("#send")).to_be_enabled()
         assert await page.locator("#input").input_value() == "hello"
         await page.locator('article[data-index="1"] [data-action=regenerate]').click()
+        # The notice still reads "busy" from the refused "hello": wait for the reply to be dropped.
+        await expect(page.locator("article.assistant")).to_have_count(0)
         await expect(notice).to_contain_text("The gateway is busy")
     # The regenerated reply was refused: the question stays, unanswered, with a Retry.
     assert await chat.messages() == [("user", "first")]
