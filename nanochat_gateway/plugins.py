@@ -25,6 +25,7 @@ import asyncio
 import importlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -70,6 +71,23 @@ def exception_status(exc: BaseException, request: web.Request) -> int:
     if isinstance(exc, ConnectionResetError | asyncio.CancelledError):
         return 499
     return 500
+
+
+async def handle_and_record(request: web.Request, handler: Handler,
+                            record: Callable[[web.Request, int, float], None]) -> web.StreamResponse:
+    """Run `handler`, then call ``record(request, status, seconds)`` however it ended: for
+    middlewares that log or count outcomes, with the status the client saw (exception_status)."""
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except BaseException as exc:
+        status = exception_status(exc, request)
+        raise
+    finally:
+        record(request, status, time.perf_counter() - start)
 
 
 def add_response_headers(request: web.Request, headers: dict[str, str]) -> None:

@@ -38,7 +38,6 @@ Events other plugins report with PluginContext.count:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +57,7 @@ from nanochat_gateway.plugins import (
     PluginContext,
     Router,
     StepInfo,
-    exception_status,
+    handle_and_record,
 )
 
 if TYPE_CHECKING:
@@ -259,22 +258,15 @@ class Metrics(Plugin):
 
     # --------------------------------------------------------------------- HTTP
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except BaseException as exc:
-            status = exception_status(exc, request)
-            raise
-        finally:
-            endpoint = route_label(request)
-            method = request.method if request.method in METHODS else "other"
-            ctx = request.get(GENERATION)
-            model = ctx.model if ctx is not None else ""
-            self.http_requests.labels(endpoint, method, str(status), model).inc()
-            self.http_duration.labels(endpoint, method).observe(time.perf_counter() - start)
+        return await handle_and_record(request, handler, self._count_http)
+
+    def _count_http(self, request: web.Request, status: int, seconds: float) -> None:
+        endpoint = route_label(request)
+        method = request.method if request.method in METHODS else "other"
+        ctx = request.get(GENERATION)
+        model = ctx.model if ctx is not None else ""
+        self.http_requests.labels(endpoint, method, str(status), model).inc()
+        self.http_duration.labels(endpoint, method).observe(seconds)
 
     # -------------------------------------------------------------- generation
     async def on_response(self, ctx: GenerationContext, result: GenerationResult) -> None:

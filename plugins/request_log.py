@@ -21,7 +21,6 @@ Put ``request_log`` first in ``[plugins] enabled`` so requests that other plugin
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +34,7 @@ from nanochat_gateway.plugins import (
     GenerationContext,
     Handler,
     Plugin,
-    exception_status,
+    handle_and_record,
 )
 
 log = logging.getLogger("nanochat_gateway.request")
@@ -68,17 +67,7 @@ class RequestLog(Plugin):
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in self.settings.skip_paths or not log.isEnabledFor(logging.INFO):
             return await handler(request)
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except BaseException as exc:
-            status = exception_status(exc, request)
-            raise
-        finally:
-            self._log(request, status, time.perf_counter() - start)
+        return await handle_and_record(request, handler, self._log)
 
     def _log(self, request: web.Request, status: int, seconds: float) -> None:
         fields: dict[str, Any] = {

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 
 from aiohttp import web
 
-from nanochat_gateway.api.bodies import json_response, read_body
+from nanochat_gateway.api.bodies import json_response
 from nanochat_gateway.api.generation import ChoiceTotal, GenerationRun
 from nanochat_gateway.api.logprobs import TokenText, chat_logprobs
 from nanochat_gateway.api.prepare import prepare_run
@@ -27,13 +27,10 @@ from nanochat_gateway.api.sse import stream_events
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    body = await read_body(request, ChatCompletionRequest)
-    run = await prepare_run(request, body)
+    run, body = await prepare_run(request, ChatCompletionRequest)
     if body.stream:
         return await stream_events(request, run, _chunks(run, body))
-    async with run.reporting():
-        choices = await run.collect()
-    return json_response(_completion(run, body, choices))
+    return json_response(_completion(run, body, await run.collect()))
 
 
 def _completion(run: GenerationRun, body: ChatCompletionRequest, totals: list[ChoiceTotal]) -> ChatCompletion:

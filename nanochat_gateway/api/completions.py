@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 
 from aiohttp import web
 
-from nanochat_gateway.api.bodies import json_response, read_body
+from nanochat_gateway.api.bodies import json_response
 from nanochat_gateway.api.generation import ChoiceTotal, GenerationRun
 from nanochat_gateway.api.logprobs import CompletionLogprobsBuilder, TokenText
 from nanochat_gateway.api.prepare import prepare_run
@@ -21,13 +21,10 @@ from nanochat_gateway.api.sse import stream_events
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    body = await read_body(request, CompletionRequest)
-    run = await prepare_run(request, body)
+    run, body = await prepare_run(request, CompletionRequest)
     if body.stream:
         return await stream_events(request, run, _chunks(run, body))
-    async with run.reporting():
-        choices = await run.collect()
-    return json_response(_completion(run, body, choices))
+    return json_response(_completion(run, body, await run.collect()))
 
 
 def _echo_text(run: GenerationRun, body: CompletionRequest) -> str:

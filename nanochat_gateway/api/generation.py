@@ -167,14 +167,15 @@ class GenerationRun:
             self.cancel()
 
     async def collect(self) -> list[ChoiceTotal]:
-        """Run to the end and return each choice's whole text, logprobs and finish reason."""
+        """Run to the end, reporting how it ended, and return each choice's text, logprobs and finish reason."""
         totals = [ChoiceTotal() for _ in range(self.ctx.n)]
         texts: list[list[str]] = [[] for _ in totals]
-        async for step in self.outputs():
-            for out in step:
-                texts[out.index].append(out.text)
-                if out.logprobs:
-                    totals[out.index].logprobs += out.logprobs
+        async with self.reporting():
+            async for step in self.outputs():
+                for out in step:
+                    texts[out.index].append(out.text)
+                    if out.logprobs:
+                        totals[out.index].logprobs += out.logprobs
         for total, parts, reason in zip(totals, texts, self.finish_reasons, strict=True):
             total.text, total.finish_reason = "".join(parts), reason or "stop"
         return totals

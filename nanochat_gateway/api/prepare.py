@@ -10,9 +10,12 @@ on_request hooks run and the request is queued.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from aiohttp import web
 
 from nanochat_gateway.api import errors
+from nanochat_gateway.api.bodies import read_body
 from nanochat_gateway.api.generation import GenerationRun
 from nanochat_gateway.api.prompts import chat_prompt_ids, completion_prompt_ids
 from nanochat_gateway.api.schemas import ChatCompletionRequest, CompletionRequest, GenerationBody
@@ -23,12 +26,16 @@ from nanochat_gateway.model.loader import LoadedModel
 from nanochat_gateway.plugins import API_KEY_NAME, GENERATION, REQUEST_ID, GenerationContext
 from nanochat_gateway.state import STATE, GatewayState
 
+# The two bodies a generation can come from.
+Body = TypeVar("Body", ChatCompletionRequest, CompletionRequest)
 
-async def prepare_run(request: web.Request, body: ChatCompletionRequest | CompletionRequest) -> GenerationRun:
-    """Validate `body` against the served model and the limits, then queue it as a GenerationRun.
+
+async def prepare_run(request: web.Request, body_type: type[Body]) -> tuple[GenerationRun, Body]:
+    """Read the request's body, validate it against the served model and the limits, and queue it.
 
     Raises APIError (400, 404, 503, or a plugin's own) before anything is sent to the client.
     """
+    body = await read_body(request, body_type)
     state = request.app[STATE]
     router, loaded = serving(state, body.model)
     settings = state.settings
@@ -53,7 +60,7 @@ async def prepare_run(request: web.Request, body: ChatCompletionRequest | Comple
         in_flight=state.active_generations,
     )
     await run.start()
-    return run
+    return run, body
 
 
 def serving(state: GatewayState, requested_model: str) -> tuple[Router, LoadedModel]:
