@@ -54,7 +54,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     try:
-        loaded = load_model(args.source, dtype=args.dtype, generation=args.generation, checkpoint_kind=args.kind,
+        loaded = load_model(args.source, dtype=args.dtype, architecture=args.generation, checkpoint_kind=args.kind,
                             tag=args.tag, step=args.step)
     except (CheckpointError, TokenizerError, ValueError) as exc:
         return _fail(str(exc), 1)

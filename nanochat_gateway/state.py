@@ -20,7 +20,7 @@ Phase = Literal["starting", "resolving model", "loading model", "ready", "failed
 
 
 class InFlightRun(Protocol):
-    """A generation a graceful shutdown waits for (api.generation.GenerationRun)."""
+    """A generation request a graceful shutdown waits for (api.generation.GenerationRun)."""
 
     def abort_for_shutdown(self) -> None: ...
 

@@ -57,7 +57,7 @@ def test_missing_key_is_refused(tmp_path):
 
 def test_wrong_generation_override_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="does not match generation 2025-10"):
-        load_model(GOLDEN / "2026-07", generation="2025-10")
+        load_model(GOLDEN / "2026-07", architecture="2025-10")
 
 
 def test_vocab_mismatch_between_tokenizer_and_model(tmp_path):
@@ -83,7 +83,7 @@ def test_orig_mod_prefix_is_accepted(tmp_path):
     ckpt = _copy_golden(tmp_path)
     sd = torch.load(ckpt / "model_000001.pt", weights_only=True)
     torch.save({f"_orig_mod.{k}": v for k, v in sd.items()}, ckpt / "model_000001.pt")
-    assert load_model(ckpt).generation == "2026-07"
+    assert load_model(ckpt).architecture == "2026-07"
 
 
 def test_bf16_stored_embeddings_are_accepted(tmp_path):

@@ -16,7 +16,7 @@ ATOL = 1e-4  # the golden README's recommended tolerance (30x float32 noise)
 
 @pytest.mark.parametrize("generation", GENERATIONS)
 def test_detects_generation(generation):
-    assert golden_model(generation).generation == generation
+    assert golden_model(generation).architecture == generation
 
 
 @pytest.mark.parametrize("generation", GENERATIONS)

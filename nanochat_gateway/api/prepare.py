@@ -145,4 +145,4 @@ def sampling_params(body: GenerationBody, engine: EngineSettings, vocab_size: in
 
 def system_fingerprint(loaded: LoadedModel) -> str:
     """Changes whenever the weights or their numerics do: architecture, step and dtype."""
-    return f"fp_{loaded.generation}_{loaded.files.step}_{str(loaded.dtype).removeprefix('torch.')}"
+    return f"fp_{loaded.architecture}_{loaded.files.step}_{str(loaded.dtype).removeprefix('torch.')}"

@@ -79,7 +79,7 @@ class BatchScheduler:
         self._outbox: Outbox = {}
         log.info(
             "executor %s: %s on %s, KV cache %.1f MiB (%d slots x %d tokens x %d B/token), %d threads",
-            name, loaded.generation, device, self.cache.nbytes / 2**20, n_slots, max_seq_len,
+            name, loaded.architecture, device, self.cache.nbytes / 2**20, n_slots, max_seq_len,
             config.kv_bytes_per_token(kv_dtype), torch.get_num_threads(),
         )
 

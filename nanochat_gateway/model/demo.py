@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from nanochat_gateway.model.architectures import LATEST_ARCHITECTURE, resolve_spec
 from nanochat_gateway.model.bpe_train import demo_corpus, train_bpe
-from nanochat_gateway.model.generations import LATEST_GENERATION, resolve_spec
 from nanochat_gateway.model.gpt import GPT, ModelConfig
 from nanochat_gateway.model.tokenizer import NanochatTokenizer
 
@@ -70,7 +70,7 @@ def demo_tokenizer(vocab_size: int, cache_dir: Path | None = None) -> NanochatTo
 @torch.no_grad()
 def random_state_dict(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     """Weights of the current generation, drawn so activations stay in a sane range."""
-    spec = resolve_spec(LATEST_GENERATION)
+    spec = resolve_spec(LATEST_ARCHITECTURE)
     model = GPT(config, spec)
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
@@ -104,7 +104,7 @@ def write_demo_checkpoint(
             "demo": True,
             "note": "nanochat-gateway demo model: RANDOM WEIGHTS, not trained; output is gibberish",
             "seed": seed,
-            "generation": LATEST_GENERATION,
+            "generation": LATEST_ARCHITECTURE,
         },
     }
     # Each file is written under a temporary name and renamed into place, the meta file last:

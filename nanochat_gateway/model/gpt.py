@@ -2,7 +2,7 @@
 
 Notable features:
 - parameter names equal nanochat's state-dict keys, so checkpoints load with no renaming
-- the math of each generation comes from a GenerationSpec (generations.py), not subclasses
+- the math of each generation comes from a ArchitectureSpec (architectures.py), not subclasses
 - two forwards over the same weights:
   * ``forward(idx)``: the plain causal forward with no cache (parity with nanochat)
   * ``forward_step(batch, cache)``: one step of continuous batching over a slot KV cache,
@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanochat_gateway.model.architectures import ArchitectureSpec
 from nanochat_gateway.model.attention import StepAttention, window_mask
-from nanochat_gateway.model.generations import GenerationSpec
 from nanochat_gateway.model.step import StepBatch
 
 
@@ -56,7 +56,7 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    def padded_vocab(self, spec: GenerationSpec) -> int:
+    def padded_vocab(self, spec: ArchitectureSpec) -> int:
         m = spec.vocab_multiple
         return -(-self.vocab_size // m) * m
 
@@ -104,7 +104,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, spec: GenerationSpec, has_ve: bool):
+    def __init__(self, config: ModelConfig, spec: ArchitectureSpec, has_ve: bool):
         super().__init__()
         c, hd = config.n_embd, config.head_dim
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, hd
@@ -146,7 +146,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, spec: GenerationSpec, has_ve: bool):
+    def __init__(self, config: ModelConfig, spec: ArchitectureSpec, has_ve: bool):
         super().__init__()
         self.attn = Attention(config, spec, has_ve)
         self.mlp = MLP(config)
@@ -155,7 +155,7 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """nanochat's GPT for every generation. Build on the meta device, then load weights."""
 
-    def __init__(self, config: ModelConfig, spec: GenerationSpec, rotary_len: int | None = None):
+    def __init__(self, config: ModelConfig, spec: ArchitectureSpec, rotary_len: int | None = None):
         super().__init__()
         self.config, self.spec = config, spec
         n_layer = config.n_layer

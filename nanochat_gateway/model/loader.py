@@ -9,6 +9,12 @@ from typing import Any
 
 import torch
 
+from nanochat_gateway.model.architectures import (
+    ArchitectureError,
+    ArchitectureSpec,
+    detect_architecture,
+    resolve_spec,
+)
 from nanochat_gateway.model.checkpoint import (
     CheckpointError,
     CheckpointFiles,
@@ -17,12 +23,6 @@ from nanochat_gateway.model.checkpoint import (
     read_state_dict,
 )
 from nanochat_gateway.model.device import DTYPES, kv_cache_dtype, resolve_dtype
-from nanochat_gateway.model.generations import (
-    GenerationError,
-    GenerationSpec,
-    detect_generation,
-    resolve_spec,
-)
 from nanochat_gateway.model.gpt import GPT, ModelConfig
 from nanochat_gateway.model.tokenizer import NanochatTokenizer, TokenizerError, load_tokenizer
 
@@ -36,8 +36,8 @@ class LoadedModel:
     model: GPT
     tokenizer: NanochatTokenizer
     config: ModelConfig
-    generation: str
-    spec: GenerationSpec
+    architecture: str  # the nanochat architecture generation, e.g. "2026-07"
+    spec: ArchitectureSpec
     meta: dict[str, Any]
     files: CheckpointFiles
     device: torch.device
@@ -54,7 +54,7 @@ class LoadedModel:
         c = self.config
         return {
             "source": self.source,
-            "generation": self.generation,
+            "generation": self.architecture,
             "generation_summary": self.spec.summary,
             "step": self.files.step,
             "layout": self.files.layout,
@@ -77,7 +77,7 @@ class LoadedModel:
 def build_model(
     state_dict: dict[str, torch.Tensor],
     config: ModelConfig,
-    spec: GenerationSpec,
+    spec: ArchitectureSpec,
     *,
     device: torch.device,
     dtype: torch.dtype,
@@ -120,7 +120,7 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
     *,
-    generation: str = "auto",
+    architecture: str = "auto",
     softcap: float | None = None,
     checkpoint_kind: str = "sft",
     tag: str | None = None,
@@ -131,7 +131,7 @@ def load_model(
 
     source: a flat directory, a nanochat base dir, or ``hf:owner/repo[@revision]``.
     dtype: "float32", "bfloat16", "float16", "auto" or a torch.dtype.
-    Raises CheckpointError / TokenizerError / GenerationError with a message naming the file.
+    Raises CheckpointError / TokenizerError / ArchitectureError with a message naming the file.
     """
     device = torch.device(device)
     source_str = str(source)
@@ -155,9 +155,9 @@ def load_model(
         )
     state_dict = read_state_dict(files.model_path)
     try:
-        name = detect_generation(state_dict, meta["model_config"]) if generation == "auto" else generation
+        name = detect_architecture(state_dict, meta["model_config"]) if architecture == "auto" else architecture
         spec = resolve_spec(name, softcap=softcap)
-    except GenerationError as exc:
+    except ArchitectureError as exc:
         raise CheckpointError(f"{files.model_path}: {exc}") from None
     if isinstance(dtype, str):
         torch_dtype = resolve_dtype(dtype, device, config.n_embd) if dtype == "auto" else DTYPES[dtype]
@@ -174,9 +174,9 @@ def load_model(
         str(torch_dtype).removeprefix("torch."), device, " [DEMO MODEL: random weights]" if is_demo else "",
     )
     return LoadedModel(
-        model=model, tokenizer=tokenizer, config=config, generation=spec.name, spec=spec, meta=meta,
+        model=model, tokenizer=tokenizer, config=config, architecture=spec.name, spec=spec, meta=meta,
         files=files, device=device, dtype=torch_dtype, source=source_str, is_demo=is_demo,
     )
 
 
-__all__ = ["CheckpointError", "GenerationError", "LoadedModel", "TokenizerError", "build_model", "load_model"]
+__all__ = ["CheckpointError", "ArchitectureError", "LoadedModel", "TokenizerError", "build_model", "load_model"]

@@ -2,7 +2,7 @@
 
 nanochat's GPT changed several times after checkpoints were published. Rather than one
 model class per revision, the gateway runs a single GPT (gpt.py) driven by a small
-GenerationSpec. Each spec records only the differences that change the math:
+ArchitectureSpec. Each spec records only the differences that change the math:
 
 - rotary base and whether the cos/sin tables were rounded to bfloat16
 - the q/k scale applied after QK-norm
@@ -13,7 +13,7 @@ GenerationSpec. Each spec records only the differences that change the math:
 - smear and backout
 - vocab padding of wte/lm_head rows
 
-The generation is detected from state-dict keys and shapes (see ``detect_generation``)
+The generation is detected from state-dict keys and shapes (see ``detect_architecture``)
 and can be overridden in config.toml for what the keys cannot tell.
 """
 
@@ -27,7 +27,7 @@ import torch
 
 
 @dataclass(frozen=True)
-class GenerationSpec:
+class ArchitectureSpec:
     """The architecture differences between nanochat revisions."""
 
     name: str
@@ -65,38 +65,38 @@ class GenerationSpec:
         return sizes
 
 
-GENERATIONS: dict[str, GenerationSpec] = {
+ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.name: spec
     for spec in [
-        GenerationSpec(
+        ArchitectureSpec(
             name="2025-10",
             summary="original d20/d32 release: rotary 10k (bf16 tables), no padding",
             rotary_base=10000.0, bf16_rotary_tables=True, qk_scale=1.0, softcap=15.0,
             resid_lambdas=False, ve_gate_channels=0, ve_gate_scale=0.0, short_window_divisor=0,
             smear=False, backout=False, vocab_multiple=1,
         ),
-        GenerationSpec(
+        ArchitectureSpec(
             name="2025-12",
             summary="as 2025-10 with wte/lm_head padded to a multiple of 64",
             rotary_base=10000.0, bf16_rotary_tables=True, qk_scale=1.0, softcap=15.0,
             resid_lambdas=False, ve_gate_channels=0, ve_gate_scale=0.0, short_window_divisor=0,
             smear=False, backout=False, vocab_multiple=64,
         ),
-        GenerationSpec(
+        ArchitectureSpec(
             name="2026-01",
             summary="sliding windows (S = half context), value embeddings (gate 32ch, 2*sigmoid), resid/x0 scalars",
             rotary_base=10000.0, bf16_rotary_tables=True, qk_scale=1.0, softcap=15.0,
             resid_lambdas=True, ve_gate_channels=32, ve_gate_scale=2.0, short_window_divisor=0,
             smear=False, backout=False, vocab_multiple=64,
         ),
-        GenerationSpec(
+        ArchitectureSpec(
             name="2026-03",
             summary="rotary 100k, qk scale 1.15, value-embedding gate 12ch 3*sigmoid, S = ceil(L/384)*128",
             rotary_base=100000.0, bf16_rotary_tables=False, qk_scale=1.15, softcap=15.0,
             resid_lambdas=True, ve_gate_channels=12, ve_gate_scale=3.0, short_window_divisor=3,
             smear=False, backout=False, vocab_multiple=64,
         ),
-        GenerationSpec(
+        ArchitectureSpec(
             name="2026-07",
             summary="current: qk scale 1.2, S = ceil(L/512)*128, smear and backout",
             rotary_base=100000.0, bf16_rotary_tables=False, qk_scale=1.2, softcap=15.0,
@@ -106,14 +106,14 @@ GENERATIONS: dict[str, GenerationSpec] = {
     ]
 }
 
-LATEST_GENERATION = "2026-07"
+LATEST_ARCHITECTURE = "2026-07"
 
 
-class GenerationError(ValueError):
+class ArchitectureError(ValueError):
     """The checkpoint does not look like any known nanochat generation."""
 
 
-def detect_generation(state_dict: Mapping[str, torch.Tensor], model_config: Mapping[str, Any]) -> str:
+def detect_architecture(state_dict: Mapping[str, torch.Tensor], model_config: Mapping[str, Any]) -> str:
     """Name the generation of a checkpoint from its keys and shapes (keys already unprefixed)."""
     vocab_size = int(model_config["vocab_size"])
     if "smear_gate.weight" in state_dict:
@@ -124,21 +124,21 @@ def detect_generation(state_dict: Mapping[str, torch.Tensor], model_config: Mapp
             return "2026-03"
         if gate_widths == {32}:
             return "2026-01"
-        raise GenerationError(f"unknown value-embedding gate width(s) {sorted(gate_widths)}")
+        raise ArchitectureError(f"unknown value-embedding gate width(s) {sorted(gate_widths)}")
     wte = state_dict.get("transformer.wte.weight")
     if wte is None:
-        raise GenerationError("missing transformer.wte.weight: not a nanochat checkpoint")
+        raise ArchitectureError("missing transformer.wte.weight: not a nanochat checkpoint")
     # With vocab_size % 64 == 0 the two generations compute the same function.
     return "2025-12" if wte.shape[0] > vocab_size else "2025-10"
 
 
-def resolve_spec(name: str, *, softcap: float | None = None) -> GenerationSpec:
+def resolve_spec(name: str, *, softcap: float | None = None) -> ArchitectureSpec:
     """Look up a generation by name, applying config overrides the keys cannot reveal."""
     try:
-        spec = GENERATIONS[name]
+        spec = ARCHITECTURES[name]
     except KeyError:
-        known = ", ".join(GENERATIONS)
-        raise GenerationError(f"unknown generation {name!r}; known: {known}") from None
+        known = ", ".join(ARCHITECTURES)
+        raise ArchitectureError(f"unknown generation {name!r}; known: {known}") from None
     if softcap is not None:
         spec = replace(spec, softcap=float(softcap))
     return spec
