@@ -137,6 +137,8 @@ class LimitsSettings(BaseModel):
     max_n: int = Field(8, ge=1, le=128)
     max_stop_sequences: int = Field(4, ge=0)
     max_top_logprobs: int = Field(20, ge=0, le=20)
+    max_schema_bytes: int = Field(65536, ge=64, description="largest JSON schema a request may send, in bytes")
+    schema_compile_timeout_s: float = Field(5.0, gt=0, description="longest a schema may take to compile")
 
 
 class LoggingSettings(BaseModel):

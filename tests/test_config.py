@@ -67,6 +67,8 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_n": 8,
         "max_stop_sequences": 4,
         "max_top_logprobs": 20,
+        "max_schema_bytes": 65536,
+        "schema_compile_timeout_s": 5.0,
     },
     "logging": {"level": "info", "format": "text"},
     "ui": {"enabled": True},

@@ -4,6 +4,8 @@ Modes:
   (default)      the real server in a subprocess, N concurrent streaming clients
   --engine-only  the executor's decode throughput at batch B, no HTTP
   --suite        everything the performance targets compare, in one run, with ratios
+  --structured   batch-B decode with every row JSON-schema-constrained versus none, and
+                 the token mask's own cost per step
   --golden DIR   bf16-versus-fp32 greedy agreement on golden checkpoints
 
 Every mode prints a table and ends with one JSON line.
@@ -33,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-len", type=int, default=300, help="engine-only mean prompt tokens")
     parser.add_argument("--gen-tokens", type=int, default=96, help="engine-only tokens per row")
     parser.add_argument("--suite", action="store_true")
+    parser.add_argument("--structured", action="store_true", help="structured output (schema-constrained) decode cost")
     parser.add_argument("--golden", type=Path, default=None)
 
 
@@ -62,6 +65,10 @@ def main(args: argparse.Namespace) -> int:
         from nanochat_gateway.bench.suite import run_suite
 
         result = asyncio.run(run_suite(model, args))
+    elif args.structured:
+        from nanochat_gateway.bench.structured import run_structured
+
+        result = asyncio.run(run_structured(model, args))
     elif args.engine_only:
         from nanochat_gateway.bench.suite import run_engine_only
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from nanochat_gateway.engine.executor import DeviceExecutor
+from nanochat_gateway.engine.grammar import GrammarCompiler
 from nanochat_gateway.engine.options import ExecutorOptions, StepInfo
 from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, SamplingParams
 from nanochat_gateway.engine.stream import RequestStream
@@ -49,8 +50,12 @@ async def _drain(stream: RequestStream) -> int:
 
 
 async def decode_throughput(source: str, *, dtype: str, batch: int, layout: str = "same", prompt_len: int = 300,
-                            gen_tokens: int = 64, threads: int = 0, seed: int = 0) -> dict[str, Any]:
+                            gen_tokens: int = 64, threads: int = 0, seed: int = 0, temperature: float = 0.0,
+                            schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """Tokens/s of full-batch decode steps for `batch` rows of independent requests.
+
+    Rows sample with ``temperature`` (seeded per row); with ``schema`` every row's output is
+    constrained to it, as a ``json_schema`` response format does.
 
     The model is loaded by the executor's own thread, as the server does: torch work done
     on another thread first would leave a second OpenMP pool behind that slows the steps.
@@ -71,16 +76,23 @@ async def decode_throughput(source: str, *, dtype: str, batch: int, layout: str 
     rng = random.Random(seed)
     specials = loaded.tokenizer.special_ids
     vocab = [t for t in range(loaded.config.vocab_size) if t not in specials]
+    grammar = None
+    if schema is not None:
+        compiler = GrammarCompiler(loaded.tokenizer, loaded.config.vocab_size)
+        grammar = compiler.compile(schema)
+        compiler.close()
     requests = [
         GenerationRequest(prompt_ids=[loaded.tokenizer.bos_id] + rng.choices(vocab, k=n - 1),
-                          max_tokens=gen_tokens, sampling=SamplingParams(temperature=0.0))
-        for n in prompt_lengths(batch, prompt_len, layout, seed)
+                          max_tokens=gen_tokens, grammar=grammar,
+                          sampling=SamplingParams(temperature=temperature, seed=seed + i))
+        for i, n in enumerate(prompt_lengths(batch, prompt_len, layout, seed))
     ]
     try:
         streams = [executor.submit(r) for r in requests]
         produced = sum(await asyncio.gather(*(_drain(s) for s in streams)))
     finally:
         executor.stop()
+    step_seconds = sum(info.seconds for _, info in steps)
     full = [t for t, info in steps if info.batch_size == batch and info.prefill_tokens == 0]
     if len(full) < 3:
         raise RuntimeError("too few full-batch decode steps to measure; raise gen_tokens")
@@ -90,4 +102,5 @@ async def decode_throughput(source: str, *, dtype: str, batch: int, layout: str 
         "threads": options.cpu_threads, "decode_steps": len(full) - 1,
         "tokens_per_s": batch * (len(full) - 1) / seconds, "step_ms": 1000 * seconds / (len(full) - 1),
         "tokens_generated": produced,
+        "mask_share_of_step": executor.counters.grammar_mask_seconds / step_seconds if step_seconds else 0.0,
     }

@@ -50,6 +50,7 @@ class StepCounters:
     steps: int = 0
     tokens_prefilled: int = 0
     tokens_decoded: int = 0
+    grammar_mask_seconds: float = 0.0  # spent applying structured-output masks to logits
 
 
 def check_kv_fits(device: torch.device, options: ExecutorOptions, max_seq_len: int, per_token: int) -> None:

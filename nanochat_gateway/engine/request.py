@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from nanochat_gateway.engine.grammar import Grammar
 
 # How a choice ended inside the engine; "cancelled" never reaches a client as such.
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -44,6 +47,7 @@ class GenerationRequest:
     request_id: str = ""
     stop_token_ids: frozenset[int] = frozenset()
     queue_timeout_s: float = 60.0
+    grammar: Grammar | None = None  # structured output: every choice's tokens must follow it
 
 
 @dataclass(slots=True)

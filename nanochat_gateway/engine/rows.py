@@ -1,5 +1,6 @@
-"""Executor bookkeeping: a Job per admitted request, a Row per choice in a KV slot,
-and the calculator tool's per-row state machine."""
+"""Executor bookkeeping: a Job per admitted request, a Row per choice in a KV slot (with
+its sampler and, for structured output, its own grammar state), and the calculator tool's
+per-row state machine."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from nanochat_gateway.engine.request import GenerationRequest
 from nanochat_gateway.engine.sampling import RowSampler
+from nanochat_gateway.engine.token_mask import RowGrammar
 from nanochat_gateway.engine.tools import evaluate_calculator
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ class Row:
     forks: list[Row] = field(default_factory=list)  # n > 1 siblings waiting for this prefill
     in_python: bool = False
     expr_tokens: list[int] = field(default_factory=list)
+    grammar: RowGrammar | None = None  # structured output: this choice's own parser state
 
     @classmethod
     def create(cls, job: Job, choice: int, slot: int, device: torch.device) -> Row:
@@ -53,7 +56,8 @@ class Row:
         # Choice i of a seeded request uses seed + i, so choice 0 equals the same request with n=1.
         sampler = RowSampler(sampling, sampling.resolved_seed() + choice, device)
         feed = list(job.request.prompt_ids) if choice == 0 else []
-        return cls(job=job, choice=choice, slot=slot, sampler=sampler, feed=feed)
+        grammar = RowGrammar(job.request.grammar) if job.request.grammar is not None else None
+        return cls(job=job, choice=choice, slot=slot, sampler=sampler, feed=feed, grammar=grammar)
 
 
 class RowTools:
@@ -67,7 +71,7 @@ class RowTools:
 
     def after_token(self, row: Row, token: int) -> list[int]:
         """Update the row's tool state with a sampled token; return tokens to force next."""
-        if not self.enabled:
+        if not self.enabled or row.grammar is not None:  # forced tokens would break the grammar
             return []
         if token == self.python_start:
             row.in_python, row.expr_tokens = True, []

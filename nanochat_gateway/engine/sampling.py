@@ -3,7 +3,9 @@
 Every row owns its random generator and draws exactly one uniform number per sampled
 token, so a seeded request picks the same tokens whether it runs alone or in a busy
 batch. Logprobs are those of the model's raw distribution (before penalties and
-temperature), as vLLM reports them by default.
+temperature), as vLLM reports them by default. A row with a structured-output grammar
+arrives with its forbidden tokens already at -inf, so every step here, its logprobs
+included, sees only what the grammar allows; -inf entries never appear in top_logprobs.
 """
 
 from __future__ import annotations
@@ -103,5 +105,5 @@ def _logprob_entry(row: torch.Tensor, token: int, top_n: int) -> TokenLogprob:
     top: list[tuple[int, float]] = []
     if top_n > 0:
         values, ids = torch.topk(row, top_n)
-        top = list(zip(ids.tolist(), values.tolist(), strict=True))
+        top = [(i, v) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if v != float("-inf")]
     return TokenLogprob(token_id=token, logprob=float(row[token]), top=top)

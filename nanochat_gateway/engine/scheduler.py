@@ -5,8 +5,9 @@ Each iteration of ``serve_once``:
   2. admit waiting requests into free KV slots (FIFO; a request with n choices takes n);
   3. run one packed step: a decode token for every running row plus prompt chunks of
      newly admitted requests, within a budget of prefill_chunk_tokens;
-  4. pick each row's next token with its own sampler, run the calculator tool, check
-     stop conditions, free finished rows (their slots are reused next iteration);
+  4. mask the logits of rows with a structured-output grammar, pick each row's next token
+     with its own sampler, run the calculator tool, check stop conditions (a grammar that
+     is complete ends its row), free finished rows (their slots are reused next iteration);
   5. publish the step's token events to the event loop in one call.
 
 Only this thread touches the model and the cache. A failing step fails the requests in
@@ -30,6 +31,7 @@ from nanochat_gateway.engine.request import ChoiceDelta, EngineError, FinishReas
 from nanochat_gateway.engine.rows import Job, Row, RowTools
 from nanochat_gateway.engine.sampling import select_tokens
 from nanochat_gateway.engine.stream import ADMITTED, RequestStream, StreamItem
+from nanochat_gateway.engine.token_mask import TokenMasker
 from nanochat_gateway.model.device import kv_cache_dtype
 from nanochat_gateway.model.loader import LoadedModel
 from nanochat_gateway.model.step import StepBatch
@@ -74,6 +76,7 @@ class BatchScheduler:
         self.cache = SlotKVCache(config, n_slots, max_seq_len, dtype=kv_dtype, device=device,
                                  smear=loaded.spec.smear)
         self._tools = RowTools(loaded.tokenizer, calculator=options.calculator)
+        self._masker = TokenMasker(config.vocab_size, threads=torch.get_num_threads())
         self._queue: deque[Job] = deque()
         self._slot_rows: list[Row | None] = [None] * n_slots
         self._outbox: Outbox = {}
@@ -251,6 +254,12 @@ class BatchScheduler:
             sample_rows += group
             logit_rows += [i] * len(group)
         selected = logits if len(logit_rows) == len(rows) else logits[logit_rows]
+        grammars = [r.grammar for r in sample_rows]
+        if any(g is not None for g in grammars):
+            # Forbidden tokens go to -inf before any sampling step sees the logits.
+            start = time.perf_counter()
+            self._masker.apply(selected, grammars)
+            self._counters.grammar_mask_seconds += time.perf_counter() - start
         tokens, logprobs = select_tokens(selected, [r.sampler for r in sample_rows])
         for row, token, logprob in zip(sample_rows, tokens, logprobs, strict=True):
             self._accept(row, token, logprob)
@@ -262,6 +271,14 @@ class BatchScheduler:
         if token in request.stop_token_ids:
             self._finish_row(row, "stop", emitted, logprob)
             return
+        if row.grammar is not None:
+            if not row.grammar.accept(token):  # the mask makes this unreachable
+                log.error("executor %s: a sampled token broke the output grammar", self.name)
+                self._fail_jobs({row.job}, "the structured output could not be continued")
+                return
+            if row.grammar.complete:  # complete output wins over max_tokens reached by the same token
+                self._finish_row(row, "stop", emitted, logprob)
+                return
         forced = self._tools.after_token(row, token)
         room = request.max_tokens - row.generated
         if forced:

@@ -53,7 +53,8 @@ class TokenMasker:
         self.vocab_size = vocab_size
         self._words = (vocab_size + 31) // 32
         self._bits = np.zeros((0, self._words), dtype=np.int32)
-        self._executor = llguidance.LLExecutor(threads)
+        self._threads = threads
+        self._executor: llguidance.LLExecutor | None = None  # its thread pool starts on first use
 
     def apply(self, logits: torch.Tensor, grammars: Sequence[RowGrammar | None]) -> None:
         """Set to -inf, in place, the logits that each row's grammar forbids (None: no grammar).
@@ -63,6 +64,8 @@ class TokenMasker:
         rows = [i for i, grammar in enumerate(grammars) if grammar is not None]
         if not rows:
             return
+        if self._executor is None:
+            self._executor = llguidance.LLExecutor(self._threads)
         if len(rows) > len(self._bits):
             self._bits = np.zeros((len(rows), self._words), dtype=np.int32)
         bits = self._bits[: len(rows)]
