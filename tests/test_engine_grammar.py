@@ -9,8 +9,8 @@ import json
 import jsonschema
 import pytest
 from test_engine import _run_scripted, collect, start_executor
-from test_grammar import PET_SCHEMA
 
+from nanochat_gateway.bench.structured import RECORD_SCHEMA
 from nanochat_gateway.engine.grammar import JSON_OBJECT_SCHEMA, GrammarCompiler
 from nanochat_gateway.engine.request import GenerationRequest, SamplingParams
 from nanochat_gateway.engine.token_mask import RowGrammar
@@ -47,12 +47,12 @@ def texts(tiny, tokens: list[list[int]]) -> list[str]:
 async def test_n_choices_each_follow_the_schema(tiny, compiler):
     executor = await start_executor(tiny)
     try:
-        request = chat_request(tiny, grammar=compiler.compile(PET_SCHEMA), n=3, seed=3)
+        request = chat_request(tiny, grammar=compiler.compile(RECORD_SCHEMA), n=3, seed=3)
         tokens, reasons, _ = await collect(executor.submit(request))
         assert reasons == ["stop"] * 3
         replies = [json.loads(text) for text in texts(tiny, tokens)]
         for reply in replies:
-            jsonschema.validate(reply, PET_SCHEMA)
+            jsonschema.validate(reply, RECORD_SCHEMA)
         assert len({json.dumps(r) for r in replies}) == 3  # each choice has its own parser and generator
     finally:
         executor.stop()
@@ -63,7 +63,7 @@ async def test_constrained_and_free_rows_share_steps(tiny, compiler):
     sizes: list[int] = []
     executor.hooks.listeners.append(lambda info: sizes.append(info.batch_size))
     try:
-        grammar = compiler.compile(PET_SCHEMA)
+        grammar = compiler.compile(RECORD_SCHEMA)
         free_alone = (await collect(executor.submit(chat_request(tiny, 40, seed=11))))[0][0]
         constrained_alone = (await collect(executor.submit(chat_request(tiny, grammar=grammar, seed=12))))[0][0]
         sizes.clear()
@@ -78,7 +78,7 @@ async def test_constrained_and_free_rows_share_steps(tiny, compiler):
         assert results[1][0][0] == constrained_alone
         for tokens, reasons, _ in (results[1], *results[4:]):
             assert reasons == ["stop"]
-            jsonschema.validate(json.loads(texts(tiny, tokens)[0]), PET_SCHEMA)
+            jsonschema.validate(json.loads(texts(tiny, tokens)[0]), RECORD_SCHEMA)
         assert all(r[1] == ["length"] for r in (results[0], *results[2:4]))
         with pytest.raises(json.JSONDecodeError):
             json.loads(texts(tiny, results[0][0])[0])  # the free rows stay free
@@ -89,7 +89,7 @@ async def test_constrained_and_free_rows_share_steps(tiny, compiler):
 async def test_max_tokens_before_the_end_gives_length(tiny, compiler):
     executor = await start_executor(tiny)
     try:
-        request = chat_request(tiny, 6, grammar=compiler.compile(PET_SCHEMA), seed=1)
+        request = chat_request(tiny, 6, grammar=compiler.compile(RECORD_SCHEMA), seed=1)
         tokens, reasons, _ = await collect(executor.submit(request))
         assert reasons == ["length"] and len(tokens[0]) == 6
         assert texts(tiny, tokens)[0].startswith("{")
@@ -100,7 +100,7 @@ async def test_max_tokens_before_the_end_gives_length(tiny, compiler):
 async def test_logprobs_describe_the_masked_distribution(tiny, compiler):
     executor = await start_executor(tiny)
     try:
-        request = chat_request(tiny, 12, grammar=compiler.compile(PET_SCHEMA), seed=2,
+        request = chat_request(tiny, 12, grammar=compiler.compile(RECORD_SCHEMA), seed=2,
                                logprobs=True, top_logprobs=20)
         tokens, _, logprobs = await collect(executor.submit(request))
         first = logprobs[0][0]

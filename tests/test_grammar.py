@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import GOLDEN
+from nanochat_gateway.bench.structured import RECORD_SCHEMA
 from nanochat_gateway.engine.grammar import (
     JSON_OBJECT_SCHEMA,
     GrammarCompiler,
@@ -25,28 +26,6 @@ from nanochat_gateway.engine.grammar import (
 )
 from nanochat_gateway.engine.token_mask import RowGrammar, TokenMasker
 from nanochat_gateway.model.tokenizer import NanochatTokenizer, load_tokenizer
-
-# Nested objects, arrays, enums, bounded numbers, required fields; strings bounded so a
-# random walk finishes.
-PET_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 12},
-        "kind": {"enum": ["cat", "dog", "bird"]},
-        "age": {"type": "integer", "minimum": 0, "maximum": 30},
-        "weight": {"type": "number", "minimum": 0.5, "maximum": 80},
-        "vaccinated": {"type": "boolean"},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 3},
-        "owner": {
-            "type": "object",
-            "properties": {"first": {"type": "string", "maxLength": 10}, "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
-            "required": ["first", "zip"],
-            "additionalProperties": False,
-        },
-    },
-    "required": ["name", "kind", "age", "weight", "owner"],
-    "additionalProperties": False,
-}
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +77,12 @@ def test_json_object_walks_give_json_objects(tokenizer):
 
 def test_schema_walks_validate(tokenizer):
     compiler = GrammarCompiler(tokenizer, tokenizer.vocab_size)
-    grammar = compiler.compile(PET_SCHEMA)
+    grammar = compiler.compile(RECORD_SCHEMA)
     masker = TokenMasker(tokenizer.vocab_size, threads=1)
     for seed in range(15):
         text, how = walk(tokenizer, grammar, masker, seed, max_steps=600)
         assert how == "complete", text
-        jsonschema.validate(json.loads(text), PET_SCHEMA)
+        jsonschema.validate(json.loads(text), RECORD_SCHEMA)
 
 
 def test_tool_choice_among_functions(demo_tokenizer):
@@ -206,15 +185,15 @@ def test_bad_schemas_are_refused_with_the_reason(golden_tokenizer, schema, words
 
 def test_cache_returns_the_compiled_grammar(golden_tokenizer):
     compiler = GrammarCompiler(golden_tokenizer, golden_tokenizer.vocab_size)
-    assert compiler.compile(PET_SCHEMA) is compiler.compile(json.loads(json.dumps(PET_SCHEMA)))
-    reordered = {"required": PET_SCHEMA["required"], **PET_SCHEMA}  # another key order: another grammar
-    assert compiler.compile(reordered) is not compiler.compile(PET_SCHEMA)
+    assert compiler.compile(RECORD_SCHEMA) is compiler.compile(json.loads(json.dumps(RECORD_SCHEMA)))
+    reordered = {"required": RECORD_SCHEMA["required"], **RECORD_SCHEMA}  # another key order: another grammar
+    assert compiler.compile(reordered) is not compiler.compile(RECORD_SCHEMA)
 
 
 def test_size_limit(golden_tokenizer):
     compiler = GrammarCompiler(golden_tokenizer, golden_tokenizer.vocab_size, GrammarLimits(max_schema_bytes=200))
     with pytest.raises(GrammarError, match="larger than 200 bytes"):
-        compiler.compile(PET_SCHEMA)
+        compiler.compile(RECORD_SCHEMA)
 
 
 async def test_compile_time_limit(golden_tokenizer):
@@ -226,7 +205,7 @@ async def test_compile_time_limit(golden_tokenizer):
         with pytest.raises(GrammarError, match="longer than 0.001 s"):
             await compiler.compile_async(slow)
         quick = GrammarCompiler(golden_tokenizer, golden_tokenizer.vocab_size)
-        assert (await quick.compile_async(PET_SCHEMA)).key == json.dumps(PET_SCHEMA, separators=(",", ":"))
+        assert (await quick.compile_async(RECORD_SCHEMA)).key == json.dumps(RECORD_SCHEMA, separators=(",", ":"))
         quick.close()
     finally:
         compiler.close()

@@ -20,7 +20,8 @@ from nanochat_gateway.engine.token_mask import RowGrammar, TokenMasker
 from nanochat_gateway.model.checkpoint import find_checkpoint
 from nanochat_gateway.model.tokenizer import load_tokenizer
 
-_RECORD: dict[str, Any] = {
+# One record: nested object, array, enum, bounded numbers, a pattern, required fields.
+RECORD_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "name": {"type": "string", "maxLength": 24},
@@ -41,7 +42,7 @@ _RECORD: dict[str, Any] = {
 
 BENCH_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"records": {"type": "array", "items": _RECORD, "minItems": 8, "maxItems": 16}},
+    "properties": {"records": {"type": "array", "items": RECORD_SCHEMA, "minItems": 8, "maxItems": 16}},
     "required": ["records"],
     "additionalProperties": False,
 }
