@@ -60,6 +60,29 @@ def test_layout(tok: NanochatTokenizer) -> None:
     ]  # fmt: skip
 
 
+def test_tool_calls_and_results_use_the_calculator_layout(tok: NanochatTokenizer) -> None:
+    msgs = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b", "tool_calls": ["c1", "c2"]},
+        {"role": "tool", "content": "r1"},
+        {"role": "tool", "content": "r2"},
+    ]
+    a, b, c1, c2, r1, r2 = (tok.encode(x) for x in ("a", "b", "c1", "c2", "r1", "r2"))
+    turn = [
+        tok.assistant_start, *b,
+        tok.python_start, *c1, tok.python_end, tok.output_start, *r1, tok.output_end,
+        tok.python_start, *c2, tok.python_end, tok.output_start, *r2, tok.output_end,
+    ]  # fmt: skip
+    # ending on results leaves the assistant's turn open: the model continues after the last output
+    assert render_for_completion(tok, msgs) == [tok.bos_id, tok.user_start, *a, tok.user_end, *turn]
+    more = [*msgs, {"role": "assistant", "content": "d"}, {"role": "user", "content": "e"}]
+    d, e = tok.encode("d"), tok.encode("e")
+    assert render_for_completion(tok, more) == [
+        tok.bos_id, tok.user_start, *a, tok.user_end, *turn, *d, tok.assistant_end,
+        tok.user_start, *e, tok.user_end, tok.assistant_start,
+    ]  # fmt: skip
+
+
 def test_system_is_merged_into_first_user_message(tok: NanochatTokenizer) -> None:
     with_system = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     merged = [{"role": "user", "content": "S\n\nU"}]
@@ -113,6 +136,8 @@ def test_empty_content_is_allowed(tok: NanochatTokenizer) -> None:
 U = {"role": "user", "content": "u"}
 A = {"role": "assistant", "content": "a"}
 S = {"role": "system", "content": "s"}
+CALL = {"role": "assistant", "content": "", "tool_calls": ['{"x":1}']}
+RESULT = {"role": "tool", "content": "r"}
 
 
 @pytest.mark.parametrize(
@@ -124,7 +149,14 @@ S = {"role": "system", "content": "s"}
         ({"role": "user", "content": "u"}, "messages", "must be a list"),
         ([U, "not a dict"], "messages[1]", "must be an object"),
         ([{"content": "u"}], "messages[0].role", "unsupported role None"),
-        ([{"role": "tool", "content": "u"}], "messages[0].role", "unsupported role 'tool'"),
+        ([{"role": "tool", "content": "u"}], "messages[0].role", "did not call a tool"),
+        ([U, A, {"role": "tool", "content": "r"}], "messages[2].role", "did not call a tool"),
+        ([U, CALL, U], "messages[2].role", "leaves 1 tool call(s) without a result"),
+        ([U, CALL, RESULT, RESULT], "messages[3].role", "did not call a tool"),
+        ([U, CALL], "messages[1]", "have no result"),
+        ([U, CALL, RESULT, A], "messages[3].role", "last message must be from the user"),
+        ([U, {"role": "assistant", "content": "", "tool_calls": "x"}], "messages[1].tool_calls", "list of strings"),
+        ([{"role": "function", "content": "u"}], "messages[0].role", "unsupported role 'function'"),
         ([{"role": "developer", "content": "u"}], "messages[0].role", "unsupported role 'developer'"),
         ([{"role": "user"}], "messages[0].content", "must be a string, got NoneType"),
         (
