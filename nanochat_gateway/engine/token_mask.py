@@ -72,9 +72,22 @@ class TokenMasker:
         matchers = [(grammars[i].matcher, j) for j, i in enumerate(rows)]  # type: ignore[union-attr]
         fill_next_token_bitmask_par(self._executor, matchers, bits)
         # Unpacking the inverted bits gives the forbidden tokens as bytes, viewed as bools for free.
-        forbidden = np.unpackbits(np.invert(bits).view(np.uint8), axis=1, count=self.vocab_size, bitorder="little")
-        mask = torch.from_numpy(forbidden).view(torch.bool).to(logits.device, non_blocking=True)
-        if len(rows) == logits.shape[0]:
+        unpacked = np.unpackbits(np.invert(bits).view(np.uint8), axis=1, count=self.vocab_size, bitorder="little")
+        forbidden = unpacked.view(np.bool_)
+        every_row = len(rows) == logits.shape[0]
+        if logits.device.type == "cpu":
+            # numpy writes the -inf single-threaded: on a busy CPU that is several times faster
+            # than an OpenMP masked_fill, whose threads wait on the cores the model just used.
+            values = logits.numpy()
+            if every_row:
+                np.copyto(values, -np.inf, where=forbidden)
+            else:
+                part = values[rows]
+                np.copyto(part, -np.inf, where=forbidden)
+                values[rows] = part
+            return
+        mask = torch.from_numpy(forbidden).to(logits.device, non_blocking=True)
+        if every_row:
             logits.masked_fill_(mask, float("-inf"))
         else:
             index = torch.tensor(rows, device=logits.device)
