@@ -93,6 +93,8 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
         await state.bring_up
     if state.router is not None:
         await asyncio.to_thread(state.router.stop)
+    if state.grammars is not None:
+        state.grammars.close()
 
 
 async def _bring_up(state: GatewayState) -> None:

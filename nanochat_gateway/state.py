@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from nanochat_gateway.config import Settings
+from nanochat_gateway.engine.grammar import GrammarCompiler
 from nanochat_gateway.engine.router import Router
 from nanochat_gateway.model.loader import LoadedModel
 from nanochat_gateway.model.sources import ResolvedSource
@@ -40,6 +41,7 @@ class GatewayState:
     started_at: float = field(default_factory=time.time)
     active_generations: set[InFlightRun] = field(default_factory=set)
     bring_up: asyncio.Task[None] | None = None  # resolving and loading the model, in the background
+    grammars: GrammarCompiler | None = None  # compiles structured-output schemas; made by the first one
 
     @property
     def model(self) -> LoadedModel | None:

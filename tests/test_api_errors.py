@@ -73,13 +73,18 @@ CHAT_CASES = [
     ({"top_logprobs": 3}, "top_logprobs"),  # needs logprobs: true
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),  # needs stream: true
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),  # "auto" is not supported
     ({"tool_choice": "auto"}, "tool_choice"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [{"type": "function"}], "tool_choice": "required"}, "tools.0.function"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}},
+     "response_format"),
     ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
-    ({"messages": [{"role": "tool", "content": "1", "tool_call_id": "x"}]}, "messages.0.role"),
+    ({"messages": [{"role": "tool", "content": "1", "tool_call_id": "x"}]}, "messages.0.tool_call_id"),
+    ({"messages": [{"role": "tool", "content": "1"}]}, "messages.0.role"),
+    ({"messages": [{"role": "function", "content": "1", "name": "f"}]}, "messages.0.role"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages.0.content.0.type"),
     ({"messages": [{"role": "user"}]}, None),  # a user turn without content is just empty text: accepted
@@ -138,9 +143,9 @@ async def test_invalid_completion_requests_are_400_naming_the_field(gateway):
 async def test_unsupported_features_say_so(gateway):
     async with aiohttp.ClientSession() as session:
         status, body, headers = await post_json(session, f"{gateway.base_url}/chat/completions",
-                                                chat(gateway.model_id, tools=[{"type": "function"}]))
+                                                chat(gateway.model_id, functions=[{"name": "f"}]))
     error = assert_openai_error(status, body, headers, 400)
-    assert error["code"] == "unsupported_parameter" and "tools" in error["message"]
+    assert error["code"] == "unsupported_parameter" and "use tools" in error["message"]
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b"\xff\xfe", b'"text"', b"null"])

@@ -133,6 +133,14 @@ def _check_error_bad_request(out: str) -> None:
     assert json.loads(out) == documented_json_before("error-bad-request")
 
 
+def _check_sdk_parse(out: str) -> None:
+    assert out.splitlines()[-1] == "stop City ['country', 'founded', 'kind', 'name']"
+
+
+def _check_sdk_tools(out: str) -> None:
+    assert out.splitlines() == ["tool_calls get_weather ['city']", "True"]
+
+
 def _check_sdk_errors(out: str) -> None:
     assert out.splitlines() == ["400 invalid_conversation messages.0.role", "404 model_not_found model"]
 
@@ -151,6 +159,8 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "stats": _check_stats,
     "error-bad-request": _check_error_bad_request,
     "sdk-errors": _check_sdk_errors,
+    "sdk-parse": _check_sdk_parse,
+    "sdk-tools": _check_sdk_tools,
 }
 
 

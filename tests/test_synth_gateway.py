@@ -31,8 +31,8 @@ async def test_a_run_against_the_gateway_completes_and_says_why_it_fell_short(st
     assert "INCOMPLETE" in report and f"{accepted} of 2 conversations" in report
     for reason in set(reasons):
         assert reason in report and REJECTION_REASONS.get(reason, FAILURE_REASONS.get(reason, "")) in report
-    # The gateway answers 400 to json_schema today; the fallback is decided once and reported.
-    assert "refused response_format json_schema" in report
+    # The gateway enforces json_schema while decoding, so synth never falls back to plain prompts.
+    assert "refused response_format" not in report
     assert f"the tokenizer of {tiny_model_dir}, limit 2048" in report
     assert "tokens used: 0 prompt" not in report
     if accepted:

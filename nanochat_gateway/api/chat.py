@@ -24,6 +24,7 @@ from nanochat_gateway.api.schemas import (
     dump_chunk,
 )
 from nanochat_gateway.api.sse import stream_events
+from nanochat_gateway.api.structured import ToolCallReply
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -33,12 +34,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return json_response(_completion(run, body, await run.collect()))
 
 
+def _message(run: GenerationRun, total: ChoiceTotal) -> AssistantMessage:
+    if run.forced_call is not None:
+        return ToolCallReply(run.forced_call).message(total.text, total.finish_reason)
+    return AssistantMessage(content=total.text)
+
+
 def _completion(run: GenerationRun, body: ChatCompletionRequest, totals: list[ChoiceTotal]) -> ChatCompletion:
     token_text = TokenText(run.tokenizer)
     choices = [
         ChatChoice(
             index=i,
-            message=AssistantMessage(content=total.text),
+            message=_message(run, total),
             logprobs=chat_logprobs(total.logprobs, token_text) if body.logprobs else None,
             finish_reason=total.finish_reason,
         )
@@ -62,20 +69,24 @@ async def _chunks(run: GenerationRun, body: ChatCompletionRequest) -> AsyncGener
             system_fingerprint=run.system_fingerprint, choices=choices, usage=usage,
         ), include_usage=include_usage)
 
+    # A tool call's choices build their deltas from the call text; the content stays null.
+    calls = [ToolCallReply(run.forced_call) for _ in range(run.ctx.n)] if run.forced_call else None
     # Every choice appears in the first chunk, as the SDK's stream helpers expect.
     yield chunk([
-        ChunkChoice(index=i, delta=Delta(role="assistant", content=""),
+        ChunkChoice(index=i, delta=Delta(role="assistant", content=None if calls else ""),
                                     logprobs=None, finish_reason=None)
         for i in range(run.ctx.n)
     ])
     async for step in run.outputs():
         for out in step:
             logprobs = chat_logprobs(out.logprobs, token_text) if body.logprobs and out.logprobs else None
-            if out.text or logprobs:
-                yield chunk([ChunkChoice(
-                    index=out.index, delta=Delta(content=out.text), logprobs=logprobs,
-                    finish_reason=None,
-                )])
+            if calls:
+                deltas = calls[out.index].deltas(out.text, out.finish_reason) or ([Delta()] if logprobs else [])
+            else:
+                deltas = [Delta(content=out.text)] if out.text or logprobs else []
+            for delta in deltas:
+                yield chunk([ChunkChoice(index=out.index, delta=delta, logprobs=logprobs, finish_reason=None)])
+                logprobs = None  # a step's logprobs go with its first delta
             if out.finish_reason:
                 yield chunk([ChunkChoice(
                     index=out.index, delta=Delta(), logprobs=None,

@@ -15,17 +15,22 @@ import time
 from collections.abc import AsyncIterator, MutableSet
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nanochat_gateway.api import errors
 from nanochat_gateway.api.schemas import FinishReason, Usage
 from nanochat_gateway.config import ServerSettings
 from nanochat_gateway.engine.detokenizer import IncrementalDetokenizer, ToolCallMode
+from nanochat_gateway.engine.grammar import Grammar
 from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, TokenLogprob
 from nanochat_gateway.engine.router import Router
 from nanochat_gateway.engine.stream import RequestStream, StreamItem
 from nanochat_gateway.model.tokenizer import NanochatTokenizer
 from nanochat_gateway.plugins import GenerationContext, GenerationResult, Plugin, TextEvent
 from nanochat_gateway.state import InFlightRun
+
+if TYPE_CHECKING:
+    from nanochat_gateway.api.structured import ForcedCall
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +93,11 @@ class GenerationRun:
     def __init__(self, ctx: GenerationContext, *, router: Router, plugins: list[Plugin],
                  tokenizer: NanochatTokenizer, stop_token_ids: frozenset[int], server: ServerSettings,
                  tool_calls: ToolCallMode, system_fingerprint: str,
-                 in_flight: MutableSet[InFlightRun]):
+                 in_flight: MutableSet[InFlightRun], grammar: Grammar | None = None,
+                 forced_call: ForcedCall | None = None):
         self.ctx = ctx
+        self.grammar = grammar  # structured output the engine enforces, if any
+        self.forced_call = forced_call  # a reply that is a tool call ends with "tool_calls"
         self.system_fingerprint = system_fingerprint
         self.server = server
         self._router = router
@@ -120,6 +128,7 @@ class GenerationRun:
         request = GenerationRequest(
             prompt_ids=ctx.prompt_ids, max_tokens=ctx.max_tokens, sampling=ctx.sampling, n=ctx.n,
             request_id=ctx.request_id, stop_token_ids=self._stop_ids, queue_timeout_s=self.server.queue_timeout_s,
+            grammar=self.grammar,
         )
         try:
             self._stream = self._router.submit(request)
@@ -260,6 +269,8 @@ class GenerationRun:
                 self.stream.cancel(i)
         elif final:
             finish = client_finish_reason(event.finish_reason or delta.finish_reason or "stop")
+            if finish == "stop" and self.forced_call is not None:
+                finish = "tool_calls"  # the grammar ended the call: it is complete
         self.finish_reasons[i] = finish
         return ChoiceOutput(i, event.text, delta.token_ids, delta.logprobs, finish)
 

@@ -4,7 +4,8 @@ legacy completions.
 Everything a client can get wrong is caught here, in this order, and answered with the
 OpenAI error that names the parameter, before any KV slot is taken: the server is ready
 and serves the named model; n, stop, top_logprobs and max_tokens are within the server's
-limits; the prompt renders; prompt plus max_tokens fit the context. Then the plugins'
+limits; a forced tool call is one this server honours; the prompt renders; prompt plus
+max_tokens fit the context; a response format or tool schema compiles. Then the plugins'
 on_request hooks run and the request is queued.
 """
 
@@ -19,6 +20,7 @@ from nanochat_gateway.api.bodies import read_body
 from nanochat_gateway.api.generation import GenerationRun
 from nanochat_gateway.api.prompts import chat_prompt_ids, completion_prompt_ids
 from nanochat_gateway.api.schemas import ChatCompletionRequest, CompletionRequest, GenerationBody
+from nanochat_gateway.api.structured import forced_call, grammar_compiler, output_grammar
 from nanochat_gateway.config import EngineSettings, Settings
 from nanochat_gateway.engine.request import SamplingParams
 from nanochat_gateway.engine.router import Router
@@ -41,8 +43,11 @@ async def prepare_run(request: web.Request, body_type: type[Body]) -> tuple[Gene
     settings = state.settings
     check_limits(body, settings)
     tokenizer = loaded.tokenizer
+    forced = None
     if isinstance(body, ChatCompletionRequest):
-        prompt_ids = chat_prompt_ids(body, tokenizer, settings.limits, settings.model.default_system_prompt or None)
+        forced = forced_call(body)
+        prompt_ids = chat_prompt_ids(body, tokenizer, settings.limits, settings.model.default_system_prompt or None,
+                                     tool_instructions=forced.instructions() if forced else None)
     else:
         prompt_ids = completion_prompt_ids(body, tokenizer)
     context = router.executors[0].max_seq_len
@@ -52,12 +57,13 @@ async def prepare_run(request: web.Request, body_type: type[Body]) -> tuple[Gene
         n=body.n, stop=body.stop_sequences(), sampling=sampling_params(body, settings.engine, loaded.config.vocab_size),
         stream=body.stream, key_name=request.get(API_KEY_NAME),
     )
+    grammar = await output_grammar(body, forced, lambda: grammar_compiler(state, loaded))
     request[GENERATION] = ctx
     run = GenerationRun(
         ctx, router=router, plugins=state.plugins, tokenizer=tokenizer,
         stop_token_ids=frozenset({tokenizer.assistant_end, tokenizer.bos_id}), server=settings.server,
         tool_calls=settings.model.tool_calls, system_fingerprint=system_fingerprint(loaded),
-        in_flight=state.active_generations,
+        in_flight=state.active_generations, grammar=grammar, forced_call=forced,
     )
     await run.start()
     return run, body

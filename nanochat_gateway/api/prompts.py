@@ -1,20 +1,30 @@
 """A request's prompt as token ids: chat messages rendered with nanochat's template, or a
-legacy completions prompt encoded the way nanochat's base models saw every document."""
+legacy completions prompt encoded the way nanochat's base models saw every document.
+
+Tool calls of earlier assistant messages and the ``tool`` messages answering them go into
+the template as nanochat's calculator calls and outputs, each result after its own call
+(matched by ``tool_call_id``); instructions for a forced call end the system text."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from nanochat_gateway.api import errors
 from nanochat_gateway.api.schemas import ChatCompletionRequest, CompletionRequest
+from nanochat_gateway.api.structured import call_text
 from nanochat_gateway.config import LimitsSettings
 from nanochat_gateway.model.chat_template import ConversationError, render_for_completion
 from nanochat_gateway.model.tokenizer import NanochatTokenizer
 
 
 def chat_prompt_ids(body: ChatCompletionRequest, tokenizer: NanochatTokenizer, limits: LimitsSettings,
-                    default_system_prompt: str | None) -> list[int]:
-    """The rendered conversation, ending with <|assistant_start|>; 400 for what nanochat cannot render."""
+                    default_system_prompt: str | None, *, tool_instructions: str | None = None) -> list[int]:
+    """The rendered conversation, ending with <|assistant_start|> (or inside the assistant's turn,
+    after tool results); 400 for what nanochat cannot render."""
     turns = _turns(body)
     _check_sizes(turns, limits)
+    if tool_instructions:
+        turns = _with_system_text(turns, default_system_prompt, tool_instructions)
     try:
         return render_for_completion(tokenizer, turns, default_system_prompt=default_system_prompt)
     except ConversationError as exc:
@@ -22,19 +32,63 @@ def chat_prompt_ids(body: ChatCompletionRequest, tokenizer: NanochatTokenizer, l
                                      code="invalid_conversation") from None
 
 
-def _turns(body: ChatCompletionRequest) -> list[dict[str, str]]:
-    """OpenAI messages as nanochat turns: developer counts as system, content parts are joined."""
-    turns: list[dict[str, str]] = []
+def _turns(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """OpenAI messages as nanochat turns: developer counts as system, content parts are joined,
+    an assistant's calls become call texts and tool results follow in the order of the calls."""
+    turns: list[dict[str, Any]] = []
+    call_ids: list[str] = []  # the calls of the last assistant message, in order
     for i, message in enumerate(body.messages):
         role = "system" if message.role == "developer" else message.role
-        if role not in ("system", "user", "assistant"):
+        if role not in ("system", "user", "assistant", "tool"):
             raise errors.invalid_request(f"messages[{i}]: the role '{message.role}' is not supported by this model",
                                          param=f"messages.{i}.role", code="unsupported_value")
-        turns.append({"role": role, "content": message.text()})
-    return turns
+        turn: dict[str, Any] = {"role": role, "content": message.text()}
+        if role == "assistant" and message.tool_calls:
+            turn["tool_calls"] = [call_text(c.function.name, c.function.arguments) for c in message.tool_calls]
+            call_ids = [c.id for c in message.tool_calls]
+        if role == "tool":
+            turn["order"] = _call_position(message.tool_call_id, call_ids, i)
+        turns.append(turn)
+    return _results_in_call_order(turns)
 
 
-def _check_sizes(turns: list[dict[str, str]], limits: LimitsSettings) -> None:
+def _call_position(call_id: str | None, call_ids: list[str], index: int) -> int:
+    """Where the call a tool message answers sits among the calls before it; results without an
+    id keep their order, after the matched ones."""
+    if call_id is None:
+        return len(call_ids)
+    if call_id not in call_ids:
+        raise errors.invalid_request(f"messages[{index}].tool_call_id '{call_id}' answers no call of the assistant "
+                                     "message before it", param=f"messages.{index}.tool_call_id",
+                                     code="invalid_conversation")
+    return call_ids.index(call_id)
+
+
+def _results_in_call_order(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sort each run of consecutive tool messages by the position of the call it answers."""
+    out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+    for turn in [*turns, None]:
+        if turn is not None and turn["role"] == "tool":
+            run.append(turn)
+            continue
+        out += [{"role": "tool", "content": t["content"]} for t in sorted(run, key=lambda t: t["order"])]
+        run = []
+        if turn is not None:
+            out.append(turn)
+    return out
+
+
+def _with_system_text(turns: list[dict[str, Any]], default_system_prompt: str | None,
+                      text: str) -> list[dict[str, Any]]:
+    """The conversation with ``text`` at the end of its system message (or of the default one)."""
+    if turns and turns[0]["role"] == "system":
+        return [{**turns[0], "content": f"{turns[0]['content']}\n\n{text}"}, *turns[1:]]
+    system = f"{default_system_prompt}\n\n{text}" if default_system_prompt else text
+    return [{"role": "system", "content": system}, *turns]
+
+
+def _check_sizes(turns: list[dict[str, Any]], limits: LimitsSettings) -> None:
     if len(turns) > limits.max_messages:
         raise errors.invalid_request(f"at most {limits.max_messages} messages are allowed", param="messages")
     total = 0

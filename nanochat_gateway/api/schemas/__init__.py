@@ -1,6 +1,16 @@
 """Pydantic models of the OpenAI-compatible API: request bodies (``requests``) and response
 bodies (``responses``). Import them from here."""
 
+from nanochat_gateway.api.schemas.formats import (
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    MessageToolCall,
+    NamedToolChoice,
+    ResponseFormat,
+    TextFormat,
+    Tool,
+    ToolChoice,
+)
 from nanochat_gateway.api.schemas.requests import (
     ChatCompletionRequest,
     ChatMessage,
@@ -8,7 +18,6 @@ from nanochat_gateway.api.schemas.requests import (
     ContentPart,
     GenerationBody,
     RequestModel,
-    ResponseFormat,
     StreamOptions,
 )
 from nanochat_gateway.api.schemas.responses import (
@@ -25,9 +34,13 @@ from nanochat_gateway.api.schemas.responses import (
     ErrorBody,
     ErrorResponse,
     FinishReason,
+    FunctionCall,
+    FunctionCallDelta,
     Model,
     ModelList,
     TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
     TopLogprob,
     Usage,
     dump,
@@ -61,6 +74,17 @@ __all__ = [
     "TokenLogprob",
     "TopLogprob",
     "Usage",
+    "FunctionCall",
+    "FunctionCallDelta",
+    "ToolCall",
+    "ToolCallDelta",
+    "JsonObjectFormat",
+    "JsonSchemaFormat",
+    "MessageToolCall",
+    "NamedToolChoice",
+    "TextFormat",
+    "Tool",
+    "ToolChoice",
     "dump",
     "dump_chunk",
 ]

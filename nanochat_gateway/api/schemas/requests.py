@@ -7,7 +7,7 @@ Requests are lenient where clients are noisy and strict where a silent ignore wo
   schema in ``openapi.py`` describes; as in JSON Schema, ``1.0`` counts as the integer 1.
 - ``null`` for a field with a non-null default (``n``, ``stream``, ``logprobs``, ``echo``,
   ``stream_options.include_usage``) means "use the default", as the OpenAI spec marks them nullable.
-- Features this server cannot honour (tools, JSON mode, audio, images, ...) are rejected with a
+- Features this server cannot honour (legacy functions, audio, images, ...) are rejected with a
   pydantic error located at the field, so ``errors.validation_error_to_api_error`` turns any
   problem into a 400 whose ``param`` names it (e.g. ``messages.0.content.1.type``).
 """
@@ -18,19 +18,18 @@ from abc import abstractmethod
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    GetJsonSchemaHandler,
     StringConstraints,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
-    model_validator,
 )
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, PydanticCustomError
+from pydantic_core import PydanticCustomError
+
+from nanochat_gateway.api.schemas.base import RequestModel
+from nanochat_gateway.api.schemas.formats import MessageToolCall, ResponseFormat, Tool, ToolChoice
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -83,40 +82,6 @@ _BEST_OF_EQUALS_N: dict[str, Any] = {
 }
 
 
-class RequestModel(BaseModel):
-    """Base of every request body: accepts unknown fields and maps ``null`` to defaults where asked."""
-
-    # Strict types, as OpenAI checks them: a bool or "0.5" is not a number.
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    # Fields whose explicit null means "use the default" (the OpenAI spec marks them nullable).
-    null_means_default: ClassVar[frozenset[str]] = frozenset()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_nulls_for_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and cls.null_means_default:
-            return {k: v for k, v in data.items() if not (v is None and k in cls.null_means_default)}
-        return data
-
-    @classmethod
-    def __get_pydantic_json_schema__(
-        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        # Advertise that null is accepted for these fields, as the OpenAI spec does.
-        json_schema = handler.resolve_ref_schema(handler(core_schema))
-        properties = json_schema.get("properties", {})
-        for name in cls.null_means_default:
-            prop = properties.get(name)
-            if prop is not None and "type" in prop:
-                properties[name] = {**prop, "type": [prop["type"], "null"]}
-        return json_schema
-
-    def unknown_fields(self) -> list[str]:
-        """Names of fields sent by the client that this server does not know (sorted, for logging)."""
-        return sorted(self.model_extra or {})
-
-
 class ContentPart(RequestModel):
     """A message content part; only ``{"type": "text", "text": ...}`` is supported."""
 
@@ -141,6 +106,8 @@ class ChatMessage(RequestModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant message's calls
+    tool_call_id: str | None = None  # the call a tool message answers
 
     def text(self) -> str:
         """The content as one string: text parts are joined with "\\n", missing content is "".
@@ -161,12 +128,6 @@ class StreamOptions(RequestModel):
     null_means_default: ClassVar[frozenset[str]] = frozenset({"include_usage"})
 
     include_usage: bool = False
-
-
-class ResponseFormat(RequestModel):
-    """``response_format``: only plain text output is supported."""
-
-    type: Literal["text"]
 
 
 class GenerationBody(RequestModel):
@@ -202,6 +163,11 @@ class GenerationBody(RequestModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    response_format: Annotated[
+        ResponseFormat | None,
+        Field(description="text (default), json_object, or json_schema; enforced while decoding. "
+              "An extension on /v1/completions."),
+    ] = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -282,14 +248,13 @@ class ChatCompletionRequest(GenerationBody):
         int | None, Field(ge=0, le=20, description="Requires logprobs: true."), _INTEGRAL
     ] = None
 
-    # Accepted only in their "off" form: a silent ignore would hand back output the client did not ask for.
-    tools: Annotated[
-        list[Any] | None,
-        Field(description="Not supported: omit, null or [].", json_schema_extra={"maxItems": 0}),
-    ] = None
+    tools: list[Tool] | None = None
     tool_choice: Annotated[
-        Literal["none"] | None, Field(description="Not supported: omit, null or 'none'.")
+        ToolChoice | None,
+        Field(description="'required' or a named function forces a call; 'none' ignores the tools; "
+              "'auto' (the default with tools) is not supported."),
     ] = None
+    # Accepted only in their "off" form: a silent ignore would hand back output the client did not ask for.
     functions: Annotated[
         list[Any] | None,
         Field(description="Not supported: omit, null or [].", json_schema_extra={"maxItems": 0}),
@@ -297,7 +262,6 @@ class ChatCompletionRequest(GenerationBody):
     function_call: Annotated[
         Literal["none"] | None, Field(description="Not supported: omit, null or 'none'.")
     ] = None
-    response_format: Annotated[ResponseFormat | None, Field(description="Only {'type': 'text'}.")] = None
     audio: Annotated[None, Field(description="Not supported: omit or null.")] = None
     modalities: Annotated[list[Literal["text"]] | None, Field(description="Only ['text'].")] = None
     prediction: Annotated[None, Field(description="Not supported: omit or null.")] = None
@@ -309,29 +273,18 @@ class ChatCompletionRequest(GenerationBody):
             raise PydanticCustomError("invalid_value", "requires logprobs to be true")
         return value
 
-    @field_validator("tools", "functions", mode="before")
+    @field_validator("functions", mode="before")
     @classmethod
-    def _no_tools(cls, value: Any) -> Any:
+    def _no_functions(cls, value: Any) -> Any:
         if value not in (None, []):
-            raise _unsupported("tool and function calling are not supported by this server")
+            raise _unsupported("legacy function calling is not supported by this server; use tools")
         return value
 
-    @field_validator("tool_choice", "function_call", mode="before")
+    @field_validator("function_call", mode="before")
     @classmethod
-    def _no_tool_choice(cls, value: Any) -> Any:
+    def _no_function_call(cls, value: Any) -> Any:
         if value not in (None, "none"):
-            raise _unsupported("tool and function calling are not supported by this server")
-        return value
-
-    @field_validator("response_format", mode="before")
-    @classmethod
-    def _text_format_only(cls, value: Any) -> Any:
-        if isinstance(value, dict) and value.get("type", "text") != "text":
-            raise PydanticCustomError(
-                "unsupported_value",
-                "response format '{format}' is not supported; only 'text' is",
-                {"format": value.get("type")},
-            )
+            raise _unsupported("legacy function calling is not supported by this server; use tool_choice")
         return value
 
     @field_validator("audio", "prediction", mode="before")

@@ -12,8 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-# Why a choice ended: its natural end or a stop sequence, max_tokens, or a plugin's verdict.
-FinishReason = Literal["stop", "length", "content_filter"]
+# Why a choice ended: its natural end or a stop sequence, max_tokens, a plugin's verdict, or a
+# completed forced tool call.
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
 
 class Usage(BaseModel):
     """Token counts for one request (summed over all choices)."""
@@ -47,12 +48,32 @@ class ChatLogprobs(BaseModel):
     refusal: None = None
 
 
+class FunctionCall(BaseModel):
+    """The function a tool call invokes; ``arguments`` is JSON text."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """One call in ``message.tool_calls``."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
 class AssistantMessage(BaseModel):
-    """The generated message of a non-streamed chat choice."""
+    """The generated message of a non-streamed chat choice: text, or (content null) tool calls."""
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     refusal: None = None
+    tool_calls: Annotated[list[ToolCall] | None, Field(exclude_if=_is_none)] = None
 
 
 class ChatChoice(BaseModel):
@@ -76,8 +97,20 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
-def _is_none(value: Any) -> bool:
-    return value is None
+class FunctionCallDelta(BaseModel):
+    """Part of a streamed call: the name once, in the call's first delta; arguments as they come."""
+
+    name: Annotated[str | None, Field(exclude_if=_is_none)] = None
+    arguments: str = ""
+
+
+class ToolCallDelta(BaseModel):
+    """A fragment of ``delta.tool_calls``; ``id`` and ``type`` only in the call's first fragment."""
+
+    index: int
+    id: Annotated[str | None, Field(exclude_if=_is_none)] = None
+    type: Annotated[Literal["function"] | None, Field(exclude_if=_is_none)] = None
+    function: FunctionCallDelta
 
 
 class Delta(BaseModel):
@@ -89,6 +122,7 @@ class Delta(BaseModel):
 
     role: Annotated[Literal["assistant"] | None, Field(exclude_if=_is_none)] = None
     content: Annotated[str | None, Field(exclude_if=_is_none)] = None
+    tool_calls: Annotated[list[ToolCallDelta] | None, Field(exclude_if=_is_none)] = None
 
 
 class ChunkChoice(BaseModel):
