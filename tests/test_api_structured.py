@@ -199,16 +199,20 @@ async def test_the_sdk_sees_a_bad_request(gateway, client):
 
 
 # ------------------------------------------------------------------ tool calls
+async def call_choice(client, gateway, *, stream: bool, **kwargs):
+    """The one choice of a tool-call request; streamed through the SDK's stream helper, which
+    assembles delta.tool_calls into the same message."""
+    args = {"model": gateway.model_id, "messages": USER_HI, "max_tokens": 200, **kwargs}
+    if not stream:
+        return (await client.chat.completions.create(**args)).choices[0]
+    async with client.chat.completions.stream(**args) as events:
+        return (await events.get_final_completion()).choices[0]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_named_function_is_called(gateway, client, stream):
-    args = {"model": gateway.model_id, "messages": USER_HI, "max_tokens": 200, "seed": 5, "tools": [WEATHER, ADD],
-            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
-    if stream:
-        async with client.chat.completions.stream(**args) as events:
-            completion = await events.get_final_completion()
-    else:
-        completion = await client.chat.completions.create(**args)
-    choice = completion.choices[0]
+    choice = await call_choice(client, gateway, stream=stream, seed=5, tools=[WEATHER, ADD],
+                               tool_choice={"type": "function", "function": {"name": "get_weather"}})
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     (call,) = choice.message.tool_calls
     assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
@@ -219,14 +223,8 @@ async def test_a_named_function_is_called(gateway, client, stream):
 async def test_required_chooses_among_the_tools(gateway, client, stream):
     names = set()
     for seed in range(6):
-        args = {"model": gateway.model_id, "messages": USER_HI, "max_tokens": 200, "seed": seed,
-                "tools": [WEATHER, ADD], "tool_choice": "required"}
-        if stream:
-            async with client.chat.completions.stream(**args) as events:
-                completion = await events.get_final_completion()
-        else:
-            completion = await client.chat.completions.create(**args)
-        choice = completion.choices[0]
+        choice = await call_choice(client, gateway, stream=stream, seed=seed, tools=[WEATHER, ADD],
+                                   tool_choice="required")
         assert choice.finish_reason == "tool_calls"
         (call,) = choice.message.tool_calls
         tool = next(t for t in (WEATHER, ADD) if t["function"]["name"] == call.function.name)
@@ -266,6 +264,40 @@ async def test_tool_results_are_rendered_into_the_next_turn(gateway, client):
     ])
     assert chat.usage.prompt_tokens == len(expected)
     assert chat.choices[0].message.tool_calls is None
+
+
+async def test_results_follow_their_calls_whatever_order_they_come_in(gateway, client):
+    calls = [{"id": f"call_{i}", "type": "function", "function": {"name": "add", "arguments": f'{{"a":{i},"b":1}}'}}
+             for i in (1, 2)]
+    messages = [
+        {"role": "user", "content": "Add twice"},
+        {"role": "assistant", "content": "Sure.", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_2", "content": "3"},
+        {"role": "tool", "tool_call_id": "call_1", "content": "2"},
+        {"role": "assistant", "content": "2 and 3."},
+        {"role": "user", "content": "Thanks"},
+    ]
+    chat = await client.chat.completions.create(model=gateway.model_id, messages=messages, max_tokens=2)
+    expected = render_for_completion(gateway.state.model.tokenizer, [
+        {"role": "user", "content": "Add twice"},
+        {"role": "assistant", "content": "Sure.", "tool_calls": ['{"name": "add", "arguments": {"a":1,"b":1}}',
+                                                              '{"name": "add", "arguments": {"a":2,"b":1}}']},
+        {"role": "tool", "content": "2"},
+        {"role": "tool", "content": "3"},
+        {"role": "assistant", "content": "2 and 3."},
+        {"role": "user", "content": "Thanks"},
+    ])
+    assert chat.usage.prompt_tokens == len(expected)
+
+
+async def test_a_forced_call_is_described_in_the_system_text(gateway, client):
+    messages = [{"role": "system", "content": "Be brief."}, *USER_HI]
+    chat = await client.chat.completions.create(model=gateway.model_id, messages=messages, max_tokens=1, tools=[ADD],
+                                                tool_choice="required")
+    parameters = json.dumps(ADD["function"]["parameters"])
+    system = f"Be brief.\n\nCall the function add, replying with its arguments as JSON.\n- add, arguments (JSON schema): {parameters}"
+    expected = render_for_completion(gateway.state.model.tokenizer, [{"role": "system", "content": system}, *USER_HI])
+    assert chat.usage.prompt_tokens == len(expected)
 
 
 @pytest.mark.parametrize(

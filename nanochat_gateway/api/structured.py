@@ -62,9 +62,9 @@ class ForcedCall:
         """What the system text says about the call: the functions and their argument schemas."""
         lines = []
         for function, description in zip(self.functions, self.descriptions, strict=True):
-            about = f": {description}" if description else ""
+            about = f" ({description})" if description else ""
             schema = json.dumps(function.parameters or JSON_OBJECT_SCHEMA, ensure_ascii=False)
-            lines.append(f"- {function.name}{about} Arguments (JSON schema): {schema}")
+            lines.append(f"- {function.name}{about}, arguments (JSON schema): {schema}")
         if self.named:
             return f"Call the function {self.functions[0].name}, replying with its arguments as JSON.\n{lines[0]}"
         return ('Call one of these functions, replying with JSON {"name": ..., "arguments": {...}}:\n'
