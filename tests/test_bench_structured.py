@@ -9,7 +9,7 @@ from nanochat_gateway.bench.structured import BENCH_SCHEMA, mask_cost
 def test_mask_cost_reports_time_per_step(tiny_model_dir):
     result = mask_cost(str(tiny_model_dir), batch=4, steps=20, threads=1)
     assert result["batch"] == 4 and result["vocab"] == 4096
-    assert result["mask_ms_per_step"] > 0 and result["mask_us_per_row_token"] > 0
+    assert result["mask_ms_per_step"] > 0 and result["advance_ms_per_step"] > 0 and result["us_per_row_token"] > 0
 
 
 async def test_constrained_decode_keeps_every_row_to_the_end(tiny_model_dir):

@@ -96,7 +96,7 @@ class GenerationRun:
                  in_flight: MutableSet[InFlightRun], grammar: Grammar | None = None,
                  forced_call: ForcedCall | None = None):
         self.ctx = ctx
-        self.grammar = grammar  # structured output the engine enforces, if any
+        self._grammar = grammar  # structured output the engine enforces, if any
         self.forced_call = forced_call  # a reply that is a tool call ends with "tool_calls"
         self.system_fingerprint = system_fingerprint
         self.server = server
@@ -128,7 +128,7 @@ class GenerationRun:
         request = GenerationRequest(
             prompt_ids=ctx.prompt_ids, max_tokens=ctx.max_tokens, sampling=ctx.sampling, n=ctx.n,
             request_id=ctx.request_id, stop_token_ids=self._stop_ids, queue_timeout_s=self.server.queue_timeout_s,
-            grammar=self.grammar,
+            grammar=self._grammar,
         )
         try:
             self._stream = self._router.submit(request)
