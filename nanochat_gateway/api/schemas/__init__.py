@@ -1,6 +1,7 @@
 """Pydantic models of the OpenAI-compatible API: request bodies (``requests``) and response
 bodies (``responses``). Import them from here."""
 
+from nanochat_gateway.api.schemas.base import RequestModel
 from nanochat_gateway.api.schemas.formats import (
     JsonObjectFormat,
     JsonSchemaFormat,
@@ -17,7 +18,6 @@ from nanochat_gateway.api.schemas.requests import (
     CompletionRequest,
     ContentPart,
     GenerationBody,
-    RequestModel,
     StreamOptions,
 )
 from nanochat_gateway.api.schemas.responses import (
