@@ -30,6 +30,10 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         "queue_timeout_s": 60.0,
         "sse_keepalive_s": 5.0,
         "retry_after_s": 1,
+        "head_timeout_s": 30.0,
+        "body_timeout_s": 60.0,
+        "keepalive_timeout_s": 75.0,
+        "max_connections": 0,
     },
     "model": {
         "source": "",
