@@ -80,7 +80,8 @@ def run_schemathesis(url: str, report_dir: Path, args: argparse.Namespace) -> in
     if args.seed is not None:
         command += ["--seed", str(args.seed)]
     print("+", " ".join(command), flush=True)
-    return subprocess.run(command).returncode
+    # In the scratch directory: schemathesis keeps a cache of its own in the working directory.
+    return subprocess.run(command, cwd=report_dir.parent).returncode
 
 
 def summarize(report_dir: Path) -> tuple[int, collections.Counter[int]]:
