@@ -143,6 +143,7 @@ class LimitsSettings(BaseModel):
     max_n: int = Field(8, ge=1, le=128)
     max_stop_sequences: int = Field(4, ge=0)
     max_top_logprobs: int = Field(20, ge=0, le=20)
+    max_json_depth: int = Field(64, ge=2, le=500, description="deepest nesting of arrays and objects in a body")
 
 
 class LoggingSettings(BaseModel):

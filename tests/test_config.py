@@ -71,6 +71,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_n": 8,
         "max_stop_sequences": 4,
         "max_top_logprobs": 20,
+        "max_json_depth": 64,
     },
     "logging": {"level": "info", "format": "text"},
     "ui": {"enabled": True},

@@ -142,3 +142,19 @@ def test_any_json_document_as_the_body(gateway, path, body):
 @given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]), raw=st.binary(max_size=200))
 def test_any_bytes_as_the_body(gateway, path, raw):
     check_answer(*post(gateway.port, path, raw))
+
+
+# JSON text Python's own parser chokes on: nesting past its recursion limit, numbers past int()'s digits.
+extreme_json = (st.integers(1, 5000).map(lambda depth: "[" * depth + "]" * depth)
+                | st.integers(1, 6000).map(lambda digits: "9" * digits)
+                | st.integers(1, 6000).map(lambda digits: '{"' + "1" * digits + '": 1}'))
+
+
+@EXAMPLES
+@given(field=st.sampled_from(field_names(ChatCompletionRequest)), raw=extreme_json)
+def test_extreme_json_in_any_chat_field(gateway, model, field, raw):
+    body = chat_body(model)
+    body.pop(field, None)
+    text = json.dumps(body)[:-1] + f', "{field}": {raw}}}'
+    check_answer(*post(gateway.port, "/v1/chat/completions", text.encode()))
+

@@ -25,9 +25,7 @@ from aiohttp import http_exceptions
 
 from nanochat_gateway.api import errors
 
-__all__ = ["ACCEPTED_ENCODINGS", "HeaderLimits", "body_error_to_api", "parser_error_to_api"]
-
-ACCEPTED_ENCODINGS = "uncompressed (identity), gzip or deflate"
+__all__ = ["HeaderLimits", "body_error_to_api", "parser_error_to_api", "unsupported_content_encoding"]
 
 # llhttp's reasons are fixed phrases ("Invalid header value char"); aiohttp puts the quoted
 # request bytes after a colon. Only a phrase of plain words before any colon is repeated.
@@ -62,8 +60,7 @@ def parser_error_to_api(exc: BaseException | None, limits: HeaderLimits) -> erro
         return errors.invalid_request("A request header holds a character that is not allowed.",
                                       code="invalid_header")
     if isinstance(exc, http_exceptions.ContentEncodingError):
-        return errors.APIError(415, f"This Content-Encoding is not supported: send the body {ACCEPTED_ENCODINGS}.",
-                               "invalid_request_error", None, "unsupported_content_encoding")
+        return unsupported_content_encoding()
     if isinstance(exc, http_exceptions.TransferEncodingError):
         return errors.invalid_request("The chunked transfer encoding of the request body is not valid.",
                                       code="invalid_http")
@@ -105,3 +102,9 @@ def body_error_to_api(exc: BaseException) -> errors.APIError:
         return errors.invalid_request("The chunked transfer encoding of the request body is not valid.",
                                       code="invalid_http")
     return errors.invalid_request("The request body could not be read.", code="invalid_http")
+
+
+def unsupported_content_encoding() -> errors.APIError:
+    """415: a Content-Encoding other than identity, gzip or deflate (br and zstd need extra packages)."""
+    return errors.APIError(415, "This Content-Encoding is not supported: send the body uncompressed (identity), "
+                           "gzip or deflate.", "invalid_request_error", None, "unsupported_content_encoding")
