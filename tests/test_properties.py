@@ -108,12 +108,18 @@ def model(gateway) -> str:
     return str(test_lifecycle.call(gateway.port, "GET", "/v1/models")[2]["data"][0]["id"])
 
 
+ENDPOINTS = {"/v1/chat/completions": (ChatCompletionRequest, chat_body),
+             "/v1/completions": (CompletionRequest, completion_body)}
+
+
+@pytest.mark.parametrize("path", list(ENDPOINTS))
 @EXAMPLES
-@given(field=st.sampled_from(field_names(ChatCompletionRequest)) | any_text, value=json_values)
-def test_any_value_in_any_chat_field(gateway, model, field, value):
-    body = chat_body(model)
-    body[field] = value
-    send(gateway, "/v1/chat/completions", body)
+@given(data=st.data())
+def test_any_value_in_any_request_field(gateway, model, path, data):
+    schema, make_body = ENDPOINTS[path]
+    body = make_body(model)
+    body[data.draw(st.sampled_from(field_names(schema)) | any_text, "field")] = data.draw(json_values, "value")
+    send(gateway, path, body)
 
 
 @EXAMPLES
@@ -122,14 +128,6 @@ def test_any_value_in_any_message_field(gateway, model, field, value):
     body = chat_body(model)
     body["messages"][0][field] = value
     send(gateway, "/v1/chat/completions", body)
-
-
-@EXAMPLES
-@given(field=st.sampled_from(field_names(CompletionRequest)) | any_text, value=json_values)
-def test_any_value_in_any_completion_field(gateway, model, field, value):
-    body = completion_body(model)
-    body[field] = value
-    send(gateway, "/v1/completions", body)
 
 
 @EXAMPLES
