@@ -197,7 +197,7 @@ class GenerationBody(RequestModel):
         dict[str, Annotated[float, Field(ge=-100, le=100)]] | None,
         Field(
             description="Token id (as a decimal string) to a bias from -100 to 100.",
-            json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}},
+            json_schema_extra={"propertyNames": {"pattern": f"^[0-9]{{1,{MAX_TOKEN_ID_DIGITS}}}$"}},
         ),
     ] = None
     stream: bool = False
