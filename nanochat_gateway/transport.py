@@ -138,9 +138,16 @@ class GatewayConnection(web_protocol.RequestHandler):
     # --- phases -------------------------------------------------------------------------------
 
     def is_waiting_for_head(self) -> bool:
-        """Idle, or reading a head, with no request queued or running: safe to close."""
-        return (self.phase in ("head", "idle") and not self._closing and self._waiter is not None
-                and not self._waiter.done())
+        """Idle, or reading a head, with no request queued or running: safe to close.
+
+        True from the moment of connecting, before aiohttp's request task has even started: in a
+        burst of arrivals the cap must be able to make room among connections accepted together.
+        """
+        return self.phase in ("head", "idle") and not self._closing
+
+    def _awaiting_message(self) -> bool:
+        # aiohttp's request loop is parked until a head arrives (not, say, reading an unread body).
+        return self._waiter is not None and not self._waiter.done()
 
     def _enter(self, phase: str, timeout_s: float | None) -> None:
         self.phase, self.phase_since = phase, self._loop.time()
@@ -160,7 +167,7 @@ class GatewayConnection(web_protocol.RequestHandler):
         elif self.phase == "body":
             self._on_body_deadline()
         elif self.phase in ("head", "idle"):
-            if not self.is_waiting_for_head():  # still reading an unread body after a response, say
+            if not self._awaiting_message():  # still reading an unread body after a response, say
                 self._set_deadline(RECHECK_S)
                 return
             if self.phase == "head" and self._partial_head:
