@@ -16,9 +16,9 @@ import time
 
 from aiohttp import web
 
+from nanochat_gateway.app import make_runner
 from nanochat_gateway.resources import AcceptErrorLog
 from nanochat_gateway.state import STATE
-from nanochat_gateway.transport import ConnectionLimits, GatewayRunner
 
 log = logging.getLogger("nanochat_gateway")
 
@@ -53,12 +53,6 @@ async def drain(app: web.Application, grace_s: float, *, hurry: asyncio.Event | 
     return aborted
 
 
-def make_runner(app: web.Application) -> GatewayRunner:
-    """The runner serve() uses: handlers cancelled when their client leaves, [server] connection limits."""
-    limits = ConnectionLimits.from_settings(app[STATE].settings.server)
-    return GatewayRunner(app, limits, handler_cancellation=True, access_log=None, shutdown_timeout=CLOSE_TIMEOUT_S)
-
-
 async def serve(app: web.Application, host: str, port: int, *, grace_s: float,
                 stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or `stop` is set), then drain and clean up.
@@ -76,7 +70,7 @@ async def serve(app: web.Application, host: str, port: int, *, grace_s: float,
             hurry.set()
         stop.set()
 
-    runner = make_runner(app)
+    runner = make_runner(app, shutdown_timeout_s=CLOSE_TIMEOUT_S)
     # setup() starts the background model bring-up; the port opens right after, not after loading.
     await runner.setup()
     loop = asyncio.get_running_loop()

@@ -11,11 +11,11 @@ import gzip
 import json
 
 import pytest
+import test_connections
 import test_logs
-import test_transport
-from test_transport import Served, read_response
+from test_connections import Served, read_response
 
-start_served = test_transport.start_served  # the same listener fixture
+start_served = test_connections.start_served  # the same listener fixture
 gateway_log = test_logs.gateway_log  # the gateway's own log set-up, captured
 
 KEY = "ncg-Zq0LsecretSECRETsecret0123456789abcdef"

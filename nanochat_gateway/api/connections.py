@@ -1,4 +1,4 @@
-"""Connections: time limits, a cap on how many are open, and parser errors in OpenAI's shape.
+"""HTTP connections: time limits, a cap on how many are open, and parser errors in OpenAI's shape.
 
 aiohttp bounds neither the time to send a request head or body nor the number of connections,
 and keeps an idle connection for an hour. ``GatewayRunner`` serves an app like
