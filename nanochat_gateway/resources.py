@@ -1,7 +1,8 @@
 """The process's file-descriptor budget: how many connections fit, and what to log when none do.
 
-When accept() fails for want of descriptors, asyncio logs a traceback per attempt, and on Linux
-it retries many times a second (a flood of 100 connections measured 5 MB of log per second).
+When accept() fails for want of descriptors, asyncio logs a traceback per attempt and retries
+many times a second (300 unfinished connections against a limit of 256 wrote 7.6 MB of log in
+10 s).
 ``AcceptErrorLog`` turns that into one line per interval that says what happened and how often.
 """
 
