@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint clean
+.PHONY: install serve test schemathesis lint clean
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# Fuzz a live gateway from its /openapi.json for a bounded time (60 s unless ARGS="--max-time N").
+schemathesis: install
+	$(BIN)/python .ci/schemathesis.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check nanochat_gateway plugins tests

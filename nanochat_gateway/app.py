@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from nanochat_gateway.api import routes, ui
+from nanochat_gateway.api.connections import ConnectionLimits, GatewayRunner
 from nanochat_gateway.api.middleware import request_context
 from nanochat_gateway.config import Settings
 from nanochat_gateway.engine.executor import DeviceExecutor
@@ -57,6 +58,12 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.cleanup_ctx.append(_engine_lifecycle)
     app.cleanup_ctx.append(_plugin_lifecycle)
     return app
+
+
+def make_runner(app: web.Application, *, shutdown_timeout_s: float) -> GatewayRunner:
+    """The runner that serves ``app``: [server] connection limits, handlers cancelled when their client leaves."""
+    limits = ConnectionLimits.from_settings(app[STATE].settings.server)
+    return GatewayRunner(app, limits, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout_s)
 
 
 async def _apply_response_headers(request: web.Request, response: web.StreamResponse) -> None:

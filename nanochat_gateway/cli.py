@@ -71,7 +71,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("heads (q / kv)", f"{c['n_head']} / {c['n_kv_head']}"),
         ("vocab", c["vocab_size"]), ("sequence_len", c["sequence_len"]),
         ("window pattern", f"{c['window_pattern']} -> {facts['windows']}"), ("softcap", facts["softcap"]),
-        ("parameters", f"{facts['parameters']:,}"), ("dtype", facts["dtype"]),
+        ("parameters", f"{facts['parameters']:,}"), ("dtype", f"{facts['dtype']} ({facts['dtype_reason']})"),
         ("KV cache per token", f"{facts['kv_cache_bytes_per_token']:,} bytes"),
         ("KV cache per slot", f"{facts['kv_cache_bytes_per_token'] * c['sequence_len'] / 2**20:,.1f} MiB "
                               f"at sequence_len"),
@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser("inspect", help="print a checkpoint's generation, config and sizes")
     add_source_args(inspect)
-    inspect.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
+    inspect.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                         help="default: auto, what `serve` picks on this machine (and why)")
     inspect.add_argument("--generation", default="auto")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=cmd_inspect)

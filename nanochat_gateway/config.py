@@ -62,6 +62,12 @@ class ServerSettings(BaseModel):
     queue_timeout_s: float = Field(60.0, gt=0, description="max wait in the queue before a timeout error")
     sse_keepalive_s: float = Field(5.0, gt=0, description="interval of SSE comment pings while waiting")
     retry_after_s: int = Field(1, ge=0, description="Retry-After header sent with 503 overload")
+    head_timeout_s: float = Field(
+        30.0, gt=0, description="time to send a complete request head, from connecting or from its first byte"
+    )
+    body_timeout_s: float = Field(60.0, gt=0, description="time to send the whole body once the head is in")
+    keepalive_timeout_s: float = Field(75.0, gt=0, description="idle time allowed between requests")
+    max_connections: int = Field(0, ge=0, description="open connections; 0 = from the file-descriptor limit")
 
 
 class ModelSettings(BaseModel):
@@ -139,6 +145,7 @@ class LimitsSettings(BaseModel):
     max_top_logprobs: int = Field(20, ge=0, le=20)
     max_schema_bytes: int = Field(65536, ge=64, description="largest JSON schema a request may send, in bytes")
     schema_compile_timeout_s: float = Field(5.0, gt=0, description="longest a schema may take to compile")
+    max_json_depth: int = Field(64, ge=2, le=500, description="deepest nesting of arrays and objects in a body")
 
 
 class LoggingSettings(BaseModel):

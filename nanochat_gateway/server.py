@@ -16,6 +16,8 @@ import time
 
 from aiohttp import web
 
+from nanochat_gateway.app import make_runner
+from nanochat_gateway.resources import AcceptErrorLog
 from nanochat_gateway.state import STATE
 
 log = logging.getLogger("nanochat_gateway")
@@ -68,16 +70,21 @@ async def serve(app: web.Application, host: str, port: int, *, grace_s: float,
             hurry.set()
         stop.set()
 
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=CLOSE_TIMEOUT_S)
+    runner = make_runner(app, shutdown_timeout_s=CLOSE_TIMEOUT_S)
     # setup() starts the background model bring-up; the port opens right after, not after loading.
     await runner.setup()
     loop = asyncio.get_running_loop()
     for sig in SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
+    accept_errors = AcceptErrorLog(loop, open_connections=lambda: runner.open_connections)
+    accept_errors.install()
     stopped_at: float | None = None
     try:
         await web.TCPSite(runner, host, port).start()
-        log.info("phase=listen url=http://%s:%d", host, port)
+        limits = runner.limits
+        log.info("phase=listen url=http://%s:%d max_connections=%d head_timeout_s=%g body_timeout_s=%g "
+                 "keepalive_timeout_s=%g", host, port, limits.max_connections, limits.head_timeout_s,
+                 limits.body_timeout_s, limits.keepalive_timeout_s)
         await stop.wait()
         stopped_at = time.monotonic()
         log.info("phase=shutdown signal=%s grace_s=%.1f", received[0] if received else "none", grace_s)
@@ -85,6 +92,7 @@ async def serve(app: web.Application, host: str, port: int, *, grace_s: float,
     finally:
         # Handlers stay until cleanup ends: a second signal must not kill the process mid-drain.
         await runner.cleanup()
+        accept_errors.uninstall()
         for sig in SIGNALS:
             loop.remove_signal_handler(sig)
         if stopped_at is not None:

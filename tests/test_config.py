@@ -30,6 +30,10 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         "queue_timeout_s": 60.0,
         "sse_keepalive_s": 5.0,
         "retry_after_s": 1,
+        "head_timeout_s": 30.0,
+        "body_timeout_s": 60.0,
+        "keepalive_timeout_s": 75.0,
+        "max_connections": 0,
     },
     "model": {
         "source": "",
@@ -69,6 +73,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_top_logprobs": 20,
         "max_schema_bytes": 65536,
         "schema_compile_timeout_s": 5.0,
+        "max_json_depth": 64,
     },
     "logging": {"level": "info", "format": "text"},
     "ui": {"enabled": True},

@@ -574,6 +574,12 @@ def test_nginx_proxies_the_api_unbuffered_to_the_replicas(compose, replica_apps)
         assert headers["x-forwarded-for"] == "$proxy_add_x_forwarded_for"
         assert headers["connection"] == "", "upstream keep-alive needs an empty Connection header"
         assert "http_503" in effective("proxy_next_upstream", *scopes)  # draining replicas answer 503
+    # The proxy is no more patient with clients than a replica, and lets idle upstream connections
+    # go before a replica closes them.
+    assert seconds(effective("client_header_timeout", server, http)[0]) <= settings.server.head_timeout_s
+    assert seconds(effective("client_body_timeout", server, http)[0]) <= settings.server.body_timeout_s
+    assert seconds(effective("keepalive_timeout", server, http)[0]) <= settings.server.keepalive_timeout_s
+    assert seconds(upstream.one("keepalive_timeout").args[0]) < settings.server.keepalive_timeout_s
     metrics = location_for(server, settings.plugins.table("metrics").get("path", "/metrics"))
     assert not metrics.find("proxy_pass") and metrics.one("return").args[0] in ("403", "404")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TypeVar
 
@@ -10,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from nanochat_gateway.api import errors
+from nanochat_gateway.api.json_body import read_json
 from nanochat_gateway.api.schemas import RequestModel, dump
 
 log = logging.getLogger(__name__)
@@ -18,11 +18,8 @@ Body = TypeVar("Body", bound=RequestModel)
 
 
 async def read_body(request: web.Request, model: type[Body]) -> Body:
-    """The validated body, or an APIError (400) naming what is wrong with it."""
-    try:
-        data = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise errors.invalid_request(f"The request body is not valid JSON ({exc})", code="invalid_json") from None
+    """The validated body, or an APIError naming what is wrong with it (400; 415 for its encoding)."""
+    data = await read_json(request)
     if not isinstance(data, dict):
         raise errors.invalid_request("The request body must be a JSON object", code="invalid_json")
     try:

@@ -2,7 +2,8 @@
 
 Every error leaves the server as ``{"error": {"message", "type", "param", "code"}}`` with all four
 keys present, because the openai SDK reads ``body["error"]`` and takes ``type``/``param``/``code``
-from it. ``code`` is always a string or null (never an int, unlike vLLM/llama.cpp).
+from it. ``code`` is always a string or null (never an int, unlike vLLM/llama.cpp). Messages and
+params may quote the request, so lone surrogates in them are escaped: any input renders.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from aiohttp import web
 from pydantic_core.core_schema import ErrorType
 
 from nanochat_gateway.api.schemas import ErrorBody, ErrorResponse
+from nanochat_gateway.redact import printable
 
 __all__ = [
     "APIError",
@@ -45,11 +47,13 @@ class APIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        # A message may quote client input; a lone surrogate in it could not be encoded as UTF-8.
+        message = printable(message)
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
-        self.param = param
+        self.param = None if param is None else printable(param)
         self.code = code
         self.headers: dict[str, str] = dict(headers or {})
 

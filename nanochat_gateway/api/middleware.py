@@ -11,9 +11,9 @@ import logging
 import re
 import uuid
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 
-from nanochat_gateway.api import errors
+from nanochat_gateway.api import errors, protocol_errors
 from nanochat_gateway.api.generation import ClientGone
 from nanochat_gateway.plugins import REQUEST_ID, Handler
 
@@ -58,6 +58,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             exc.headers["x-request-id"] = request_id
             raise
         response = errors.error_response(_http_exception_to_api(exc, request))
+    except web_protocol.RequestPayloadError as exc:
+        # The body broke while being read (bad chunking, a gzip body that is not gzip): say so, then close.
+        response = errors.error_response(protocol_errors.body_error_to_api(exc))
+        response.force_close()
     except (ClientGone, ConnectionResetError):
         # Nobody is left to read an answer; 499 ("client closed request") shows in access logs.
         response = web.Response(status=499)

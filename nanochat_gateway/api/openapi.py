@@ -35,12 +35,13 @@ _ERROR_DESCRIPTIONS = {
     "401": "Missing or wrong API key (only when API keys are configured).",
     "404": "Unknown model (`code: model_not_found`).",
     "413": "Request body too large.",
+    "415": "Content-Encoding other than identity, gzip or deflate.",
     "429": "Rate limit exceeded; see Retry-After.",
     "500": "Internal server error.",
     "503": "Overloaded, still loading, or shutting down; see Retry-After.",
     "504": "The request timed out in the queue or during generation.",
 }
-_GENERATION_ERRORS = ("400", "401", "404", "413", "429", "500", "503", "504")
+_GENERATION_ERRORS = ("400", "401", "404", "413", "415", "429", "500", "503", "504")
 _MODEL_ERRORS = ("401", "404", "500")
 _RETRYABLE = ("429", "503")
 

@@ -16,7 +16,7 @@ EngineErrorKind = Literal["overloaded", "timeout", "internal", "invalid", "shutd
 
 @dataclass
 class SamplingParams:
-    """Per-request sampling. temperature 0 is greedy; top_k 0 and top_p 1 are off."""
+    """Per-request sampling. temperature 0 (or below 1e-5) is greedy; top_k 0 and top_p 1 are off."""
 
     temperature: float = 1.0
     top_k: int = 0

@@ -14,6 +14,11 @@ import torch
 
 from nanochat_gateway.engine.request import SamplingParams, TokenLogprob
 
+# Temperatures below this are greedy. Sampling there already gives the top token whenever it
+# leads by 1e-4 (odds e^-10 against), and far below it logits / temperature overflows float32
+# to inf, the softmax to NaN and the draw to token 0.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
 
 class RowSampler:
     """Sampling state of one running sequence (one choice of a request)."""
@@ -23,7 +28,7 @@ class RowSampler:
     def __init__(self, params: SamplingParams, seed: int, device: torch.device):
         self.params = params
         self.device = device
-        self.greedy = params.temperature <= 0.0
+        self.greedy = params.temperature < GREEDY_BELOW_TEMPERATURE
         self.generator: torch.Generator | None = None
         if not self.greedy:
             self.generator = torch.Generator(device="cpu")

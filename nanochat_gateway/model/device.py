@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import functools
-import logging
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,41 +33,59 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# On a CPU with native bf16, bf16 weights pay once the matmuls are large enough to be bound by
+# memory bandwidth: with the `bench` preset (n_embd 512) they decoded 2.7x (batch 1) and 1.85x
+# (batch 16) faster than float32 on an AVX512-BF16 EPYC. Smaller models stay in cache, where
+# bf16's conversions cost more than the bytes saved.
+CPU_BF16_MIN_N_EMBD = 512
+
+
+def cpu_native_bf16_flags() -> list[str]:
+    """Which of AMX-BF16 and AVX512-BF16 the processor reports; without both, bf16 is emulated and slow."""
+    return [flag for flag in NATIVE_BF16_FLAGS if flag in cpu_flags()]
+
+
 def cpu_has_native_bf16() -> bool:
     """AMX or AVX512-BF16: without them bf16 matmuls on the CPU are emulated and slow."""
-    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+    return bool(cpu_native_bf16_flags())
 
 
-def _time_linear(dtype: torch.dtype, n_embd: int, rows: int = 16, reps: int = 30) -> float:
-    x = torch.randn(rows, n_embd, dtype=dtype)
-    w = torch.randn(4 * n_embd, n_embd, dtype=dtype)
-    for _ in range(3):  # the first calls pay one-time kernel set-up
-        F.linear(x, w)
-    start = time.perf_counter()
-    for _ in range(reps):
-        F.linear(x, w)
-    return time.perf_counter() - start
+@dataclass(frozen=True, slots=True)
+class DtypeChoice:
+    """The serving dtype and, for `inspect` and the start-up log, why it was chosen."""
+
+    dtype: torch.dtype
+    reason: str
 
 
-@functools.cache
-def cpu_bf16_speedup(n_embd: int) -> float:
-    """Measured fp32/bf16 time ratio of an MLP-shaped matmul at batch 16 on this CPU."""
-    return _time_linear(torch.float32, n_embd) / _time_linear(torch.bfloat16, n_embd)
+def choose_dtype(name: str, device: torch.device, n_embd: int) -> DtypeChoice:
+    """Serving dtype for ``name`` ("auto" or a dtype name) on ``device`` for a model of width ``n_embd``.
+
+    "auto" depends only on the device's capabilities and the model's width, never on a timing,
+    so the same machine and checkpoint always get the same dtype (and system_fingerprint).
+    """
+    if name != "auto":
+        return DtypeChoice(DTYPES[name], "set explicitly")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return DtypeChoice(torch.bfloat16, "auto: the CUDA device supports bf16")
+        return DtypeChoice(torch.float16, "auto: the CUDA device has no bf16, so float16")
+    if device.type != "cpu":
+        return DtypeChoice(torch.float32, f"auto: float32 on {device.type}")
+    flags = cpu_native_bf16_flags()
+    if not flags:
+        return DtypeChoice(torch.float32, "auto: the CPU has no native bf16 (AMX or AVX512-BF16)")
+    if n_embd < CPU_BF16_MIN_N_EMBD:
+        return DtypeChoice(torch.float32, f"auto: the CPU has {'/'.join(flags)}, but n_embd {n_embd} < "
+                           f"{CPU_BF16_MIN_N_EMBD} is too small for bf16 to pay")
+    return DtypeChoice(torch.bfloat16, f"auto: the CPU has {'/'.join(flags)} and n_embd {n_embd} >= "
+                       f"{CPU_BF16_MIN_N_EMBD}")
 
 
 def resolve_dtype(name: str, device: torch.device, n_embd: int = 768) -> torch.dtype:
-    """Serving dtype. 'auto': bf16 on CUDA when supported, fp32 on MPS, and on the CPU bf16
-    only when the processor has native bf16 and a quick probe shows it faster."""
-    if name != "auto":
-        return DTYPES[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        speedup = cpu_bf16_speedup(n_embd)
-        log.info("cpu bf16 probe: %.2fx the fp32 matmul speed", speedup)
-        if speedup >= 1.3:
-            return torch.bfloat16
-    return torch.float32
+    """Serving dtype (see choose_dtype)."""
+    return choose_dtype(name, device, n_embd).dtype
 
 
 def kv_cache_dtype(device: torch.device, compute_dtype: torch.dtype) -> torch.dtype:

@@ -22,7 +22,7 @@ from nanochat_gateway.model.checkpoint import (
     read_meta,
     read_state_dict,
 )
-from nanochat_gateway.model.device import DTYPES, kv_cache_dtype, resolve_dtype
+from nanochat_gateway.model.device import DtypeChoice, choose_dtype, kv_cache_dtype
 from nanochat_gateway.model.gpt import GPT, ModelConfig
 from nanochat_gateway.model.tokenizer import NanochatTokenizer, TokenizerError, load_tokenizer
 
@@ -44,6 +44,7 @@ class LoadedModel:
     dtype: torch.dtype
     source: str = ""
     is_demo: bool = False
+    dtype_reason: str = ""
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -68,6 +69,7 @@ class LoadedModel:
             "softcap": self.spec.softcap,
             "parameters": self.model.num_params(),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype_reason": self.dtype_reason,
             "device": str(self.device),
             "kv_cache_bytes_per_token": self.kv_bytes_per_token,
             "demo": self.is_demo,
@@ -159,10 +161,8 @@ def load_model(
         spec = resolve_spec(name, softcap=softcap)
     except ArchitectureError as exc:
         raise CheckpointError(f"{files.model_path}: {exc}") from None
-    if isinstance(dtype, str):
-        torch_dtype = resolve_dtype(dtype, device, config.n_embd) if dtype == "auto" else DTYPES[dtype]
-    else:
-        torch_dtype = dtype
+    choice = choose_dtype(dtype, device, config.n_embd) if isinstance(dtype, str) else DtypeChoice(dtype, "given")
+    torch_dtype = choice.dtype
     model = build_model(
         state_dict, config, spec, device=device, dtype=torch_dtype,
         model_path=files.model_path, rotary_len=rotary_len,
@@ -170,12 +170,14 @@ def load_model(
     user_config = meta.get("user_config")
     is_demo = isinstance(user_config, dict) and bool(user_config.get("demo"))
     log.info(
-        "loaded %s (generation %s, step %d, %s, %s)%s", files.model_path, spec.name, files.step,
-        str(torch_dtype).removeprefix("torch."), device, " [DEMO MODEL: random weights]" if is_demo else "",
+        "loaded %s (generation %s, step %d, %s [%s], %s)%s", files.model_path, spec.name, files.step,
+        str(torch_dtype).removeprefix("torch."), choice.reason, device,
+        " [DEMO MODEL: random weights]" if is_demo else "",
     )
     return LoadedModel(
         model=model, tokenizer=tokenizer, config=config, architecture=spec.name, spec=spec, meta=meta,
         files=files, device=device, dtype=torch_dtype, source=source_str, is_demo=is_demo,
+        dtype_reason=choice.reason,
     )
 
 

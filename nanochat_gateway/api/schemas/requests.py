@@ -36,6 +36,7 @@ INT64_MAX = 2**63 - 1
 MAX_STOP_SEQUENCES = 4
 MAX_N = 128
 MAX_BEST_OF = 20
+MAX_TOKEN_ID_DIGITS = 10  # token ids are below 2**31
 
 
 def _integral_float_to_int(value: Any) -> Any:
@@ -157,7 +158,7 @@ class GenerationBody(RequestModel):
         dict[str, Annotated[float, Field(ge=-100, le=100)]] | None,
         Field(
             description="Token id (as a decimal string) to a bias from -100 to 100.",
-            json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}},
+            json_schema_extra={"propertyNames": {"pattern": f"^[0-9]{{1,{MAX_TOKEN_ID_DIGITS}}}$"}},
         ),
     ] = None
     stream: bool = False
@@ -173,6 +174,9 @@ class GenerationBody(RequestModel):
     @classmethod
     def _token_id_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key in value or {}:
+            if len(key) > MAX_TOKEN_ID_DIGITS:  # and int() refuses over 4,300 digits
+                raise PydanticCustomError("invalid_value", "keys must be token ids of at most {digits} digits",
+                                          {"digits": MAX_TOKEN_ID_DIGITS})
             # isdecimal() alone accepts non-ASCII digits such as "٣", which int() would also take.
             if not (key.isascii() and key.isdecimal()):
                 raise PydanticCustomError(
