@@ -32,3 +32,10 @@ def test_build_sorts_decode_rows_by_slot_and_maps_logits_back():
     # prefill segment's last token, then the row given first (slot 5), then slot 1
     assert batch.logit_index.tolist() == [4, 1, 0]
     assert batch.segment_first_has_prev.tolist() == [True, True, False]
+
+
+def test_every_position_of_a_scored_chunk_follows_the_last_token_rows():
+    batch = StepBatch.build(decode=[(0, 9, 5)], prefill=[(1, 0, [7, 8]), (2, 4, [1, 2, 3])], logits_for=[0, 2],
+                            every_position=[1])
+    assert batch.tokens.tolist() == [5, 7, 8, 1, 2, 3]
+    assert batch.logit_index.tolist() == [0, 5, 3, 4, 5]

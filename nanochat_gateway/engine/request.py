@@ -48,6 +48,9 @@ class GenerationRequest:
     stop_token_ids: frozenset[int] = frozenset()
     queue_timeout_s: float = 60.0
     grammar: Grammar | None = None  # structured output: every choice's tokens must follow it
+    # None: no prompt logprobs; k >= 0: every prompt token after the first gets its log
+    # probability and the k most likely alternatives at its position (for scoring).
+    prompt_logprobs: int | None = None
 
 
 @dataclass(slots=True)
@@ -65,6 +68,14 @@ class ChoiceDelta:
     token_ids: list[int]
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
+
+
+@dataclass(slots=True)
+class PromptLogprobs:
+    """Log probabilities of the prompt's tokens 1..P-1 (the first has no context), sent once,
+    before the request's first ChoiceDelta."""
+
+    entries: list[TokenLogprob]
 
 
 class EngineError(Exception):

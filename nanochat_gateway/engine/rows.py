@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from nanochat_gateway.engine.request import GenerationRequest
+from nanochat_gateway.engine.request import GenerationRequest, TokenLogprob
 from nanochat_gateway.engine.sampling import RowSampler
 from nanochat_gateway.engine.token_mask import RowGrammar
 from nanochat_gateway.engine.tools import evaluate_calculator
@@ -49,6 +49,9 @@ class Row:
     in_python: bool = False
     expr_tokens: list[int] = field(default_factory=list)
     grammar: RowGrammar | None = None  # structured output: this choice's own parser state
+    # Log probabilities of the prompt tokens prefilled so far; None unless the request asked
+    # for them (only the choice that prefills the prompt gathers them).
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     @classmethod
     def create(cls, job: Job, choice: int, slot: int, device: torch.device) -> Row:
@@ -57,7 +60,9 @@ class Row:
         sampler = RowSampler(sampling, sampling.resolved_seed() + choice, device)
         feed = list(job.request.prompt_ids) if choice == 0 else []
         grammar = RowGrammar(job.request.grammar) if job.request.grammar is not None else None
-        return cls(job=job, choice=choice, slot=slot, sampler=sampler, feed=feed, grammar=grammar)
+        scored: list[TokenLogprob] | None = [] if choice == 0 and job.request.prompt_logprobs is not None else None
+        return cls(job=job, choice=choice, slot=slot, sampler=sampler, feed=feed, grammar=grammar,
+                   prompt_logprobs=scored)
 
 
 class RowTools:

@@ -112,3 +112,16 @@ def _logprob_entry(row: torch.Tensor, token: int, top_n: int) -> TokenLogprob:
         values, ids = torch.topk(row, top_n)
         top = [(i, v) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if v != float("-inf")]
     return TokenLogprob(token_id=token, logprob=float(row[token]), top=top)
+
+
+def prompt_logprob_entries(logits: torch.Tensor, targets: list[int], top_n: int) -> list[TokenLogprob]:
+    """Scores of prompt tokens: row r of ``logits`` (float32, (len(targets), vocab)) is the model's
+    prediction for ``targets[r]``, the prompt token that follows it."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    target = torch.tensor(targets, dtype=torch.long, device=logits.device)
+    chosen = log_probs.gather(1, target[:, None]).squeeze(1).tolist()
+    tops: list[list[tuple[int, float]]] = [[] for _ in targets]
+    if top_n > 0:
+        values, ids = torch.topk(log_probs, top_n, dim=-1)
+        tops = [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+    return [TokenLogprob(token_id=t, logprob=lp, top=top) for t, lp, top in zip(targets, chosen, tops, strict=True)]

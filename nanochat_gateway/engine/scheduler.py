@@ -27,9 +27,15 @@ import torch
 
 from nanochat_gateway.engine.kv_cache import SlotKVCache
 from nanochat_gateway.engine.options import ExecutorOptions, StepCounters, StepHooks, StepInfo, check_kv_fits
-from nanochat_gateway.engine.request import ChoiceDelta, EngineError, FinishReason, TokenLogprob
+from nanochat_gateway.engine.request import (
+    ChoiceDelta,
+    EngineError,
+    FinishReason,
+    PromptLogprobs,
+    TokenLogprob,
+)
 from nanochat_gateway.engine.rows import Job, Row, RowTools
-from nanochat_gateway.engine.sampling import select_tokens
+from nanochat_gateway.engine.sampling import prompt_logprob_entries, select_tokens
 from nanochat_gateway.engine.stream import ADMITTED, RequestStream, StreamItem
 from nanochat_gateway.engine.token_mask import TokenMasker
 from nanochat_gateway.model.device import kv_cache_dtype
@@ -146,7 +152,8 @@ class BatchScheduler:
 
     def _enqueue(self, stream: RequestStream) -> None:
         request = stream.request
-        if len(request.prompt_ids) + 1 > self.max_seq_len:
+        # A prompt needs room for one generated token, unless none was asked for (scoring).
+        if len(request.prompt_ids) + min(request.max_tokens, 1) > self.max_seq_len:
             self._emit(stream, EngineError("invalid", f"prompt of {len(request.prompt_ids)} tokens does not fit "
                                            f"the context of {self.max_seq_len}"))
             return
@@ -198,15 +205,19 @@ class BatchScheduler:
             take = min(len(row.feed), budget)
             chunks.append((row, take))
             budget -= take
-        # row numbers in the packed step: decode rows first, then prefill chunks
-        completing = [len(decode) + i for i, (row, take) in enumerate(chunks) if take == len(row.feed)]
+        # row numbers in the packed step: decode rows first, then prefill chunks. A prompt whose
+        # request wants no tokens (max_tokens 0, to score it) needs no logits to sample from.
+        completing = [len(decode) + i for i, (row, take) in enumerate(chunks)
+                      if take == len(row.feed) and row.job.request.max_tokens > 0]
         completes = [chunks[i - len(decode)][0] for i in completing]
+        scored = [i for i, (row, _) in enumerate(chunks) if row.prompt_logprobs is not None]
         order = decode + [row for row, _ in chunks]
         batch = StepBatch.build(
             decode=[(r.slot, r.pos, r.feed[0]) for r in decode],
             prefill=[(r.slot, r.pos, r.feed[:take]) for r, take in chunks],
             logits_for=[*range(len(decode)), *completing],
             device=self.device,
+            every_position=scored,
         )
         start = time.perf_counter()
         try:
@@ -224,20 +235,45 @@ class BatchScheduler:
             log.exception("executor %s: step failed", self.name)
             self._fail_jobs({r.job for r in order}, "the model failed while generating")
             return
+        sampled = len(decode) + len(completes)
+        try:
+            self._score_prompts([chunks[i] for i in scored], logits[sampled:])
+        except Exception:
+            log.exception("executor %s: prompt scoring failed", self.name)
+            self._fail_jobs({chunks[i][0].job for i in scored}, "scoring the prompt failed")
         for row in decode:
             row.pos += 1
             row.feed = []
         for row, take in chunks:
             row.pos += take
             row.feed = row.feed[take:]
+            if not row.feed and row.job.request.max_tokens == 0 and not row.finished:
+                self._finish_row(row, "length")  # the prompt alone was asked for
         try:
-            self._sample(decode + completes, logits)
+            self._sample(decode + completes, logits[:sampled])
         except Exception:
             log.exception("executor %s: sampling failed", self.name)
             self._fail_jobs({r.job for r in decode + completes}, "sampling failed")
         seconds = time.perf_counter() - start
         self._record(len(order), sum(t for _, t in chunks), len(decode), seconds)
         self._compact()
+
+    def _score_prompts(self, chunks: list[tuple[Row, int]], logits: torch.Tensor) -> None:
+        """Add each scored chunk's prompt-token log probabilities to its row (before the rows
+        advance); a row whose prompt is now complete sends them all, ahead of its first token."""
+        offset = 0
+        for row, take in chunks:
+            request, scores = row.job.request, row.prompt_logprobs
+            assert scores is not None and request.prompt_logprobs is not None
+            # Position p predicts token p + 1; the prompt's last position predicts the first
+            # generated token, which is not the prompt's to score.
+            targets = request.prompt_ids[row.pos + 1 : row.pos + take + 1]
+            scores += prompt_logprob_entries(logits[offset : offset + len(targets)], targets,
+                                             request.prompt_logprobs)
+            offset += take
+            if take == len(row.feed):
+                self._emit(row.job.stream, PromptLogprobs(scores))
+                row.prompt_logprobs = None
 
     def _sample(self, rows: list[Row], logits: torch.Tensor) -> None:
         # A finished prompt prefill of an n > 1 request forks its KV into the sibling slots,
@@ -265,6 +301,8 @@ class BatchScheduler:
             self._accept(row, token, logprob)
 
     def _accept(self, row: Row, token: int, logprob: TokenLogprob | None) -> None:
+        if row.finished:
+            return  # failed earlier in this step (prompt scoring): nothing more is sent
         request = row.job.request
         emitted = [token]
         row.generated += 1

@@ -12,7 +12,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
-from nanochat_gateway.engine.request import ChoiceDelta, EngineError, FinishReason, GenerationRequest
+from nanochat_gateway.engine.request import (
+    ChoiceDelta,
+    EngineError,
+    FinishReason,
+    GenerationRequest,
+    PromptLogprobs,
+)
 
 
 class Admitted:
@@ -20,7 +26,7 @@ class Admitted:
 
 
 ADMITTED = Admitted()
-StreamItem = ChoiceDelta | EngineError | Admitted
+StreamItem = ChoiceDelta | PromptLogprobs | EngineError | Admitted
 
 
 class RequestStream:

@@ -90,6 +90,7 @@ class StepBatch:
         prefill: list[tuple[int, int, list[int]]],
         logits_for: list[int],
         device: torch.device | str = "cpu",
+        every_position: list[int] | None = None,
     ) -> StepBatch:
         """Pack a step.
 
@@ -97,6 +98,8 @@ class StepBatch:
         prefill: (slot, start_position, tokens) per prompt chunk.
         logits_for: row numbers (decode rows in the order given, then prefill segments)
         whose last token needs logits, in the order the caller wants them back.
+        every_position: indexes into ``prefill`` of chunks whose every token needs logits (to
+        score a prompt); those rows follow the ``logits_for`` ones, chunk after chunk.
         """
         order = sorted(range(len(decode)), key=lambda r: decode[r][0])  # slot order for grouping
         rank = {r: k for k, r in enumerate(order)}
@@ -117,6 +120,9 @@ class StepBatch:
             lasts.append(offset + len(chunk) - 1)
         n_dec = len(decode)
         row_last = [rank[r] if r < n_dec else lasts[r] for r in logits_for]
+        for k in every_position or ():
+            segment = segments[k]
+            row_last.extend(range(segment.offset, segment.offset + segment.length))
 
         def as_long(xs: list[int]) -> torch.Tensor:
             return torch.tensor(xs, dtype=torch.long, device=device)
