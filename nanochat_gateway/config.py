@@ -141,6 +141,7 @@ class LimitsSettings(BaseModel):
     max_total_chars: int = Field(128000, ge=1)
     max_tokens_limit: int = Field(4096, ge=1, description="largest max_tokens a request may ask")
     max_n: int = Field(8, ge=1, le=128)
+    max_prompts: int = Field(64, ge=1, le=4096, description="most prompts in one /v1/completions request")
     max_stop_sequences: int = Field(4, ge=0)
     max_top_logprobs: int = Field(20, ge=0, le=20)
     max_schema_bytes: int = Field(65536, ge=64, description="largest JSON schema a request may send, in bytes")

@@ -110,9 +110,10 @@ class GenerationContext:
     endpoint: str  # "chat.completions" or "completions"
     model: str
     body: Any  # the validated pydantic request body
-    prompt_ids: list[int]
+    # Token ids of every prompt, in order: one for chat; /v1/completions may batch several.
+    prompts: list[list[int]]
     max_tokens: int
-    n: int
+    n: int  # choices per prompt
     stop: list[str]  # stop strings asked for; the stop_sequences plugin enforces them
     sampling: SamplingParams
     stream: bool
@@ -123,6 +124,25 @@ class GenerationContext:
     @property
     def client(self) -> str:
         return self.request.get(CLIENT_ADDRESS) or self.request.remote or ""
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        """The (first) prompt's token ids: the whole prompt unless a completions request batched several."""
+        return self.prompts[0]
+
+    @prompt_ids.setter
+    def prompt_ids(self, ids: list[int]) -> None:
+        self.prompts[0] = ids
+
+    @property
+    def choices(self) -> int:
+        """Choices in the response: n for each prompt, numbered prompt by prompt."""
+        return len(self.prompts) * self.n
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens over all prompts, as usage.prompt_tokens counts them."""
+        return sum(len(ids) for ids in self.prompts)
 
 
 @dataclass(slots=True)

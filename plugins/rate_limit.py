@@ -193,7 +193,7 @@ class RateLimit(Plugin):
         track = ctx.request.get(_TRACKING)
         if track is None or not self.settings.tokens_per_minute:
             return
-        cost = len(ctx.prompt_ids) + ctx.max_tokens * ctx.n
+        cost = ctx.prompt_tokens + ctx.max_tokens * ctx.choices
         decision = await self._guarded(lambda: self.backend.reserve(track.identity, cost))
         if decision is None:
             return

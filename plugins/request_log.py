@@ -94,7 +94,7 @@ class RequestLog(Plugin):
             "n": ctx.n,
             "key_name": ctx.key_name or ctx.request.get(API_KEY_NAME),
             # A request refused before it was queued (plugin, overload) has no result.
-            "prompt_tokens": result.prompt_tokens if result else len(ctx.prompt_ids),
+            "prompt_tokens": result.prompt_tokens if result else ctx.prompt_tokens,
             "completion_tokens": result.completion_tokens if result else 0,
             "finish_reasons": result.finish_reasons if result else None,
             "generation_status": result.status if result else None,

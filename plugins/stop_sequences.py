@@ -64,7 +64,7 @@ class StopSequences(Plugin):
     async def on_request(self, ctx: GenerationContext) -> None:
         stops = [*ctx.stop, *self.settings.default_stop]
         if any(stops):
-            ctx.scratch[self.name] = [StopSequenceMatcher(stops) for _ in range(ctx.n)]
+            ctx.scratch[self.name] = [StopSequenceMatcher(stops) for _ in range(ctx.choices)]
 
     def on_text(self, ctx: GenerationContext, event: TextEvent) -> None:
         matchers = ctx.scratch.get(self.name)

@@ -73,7 +73,7 @@ CHAT_CASES = [
     ({"top_logprobs": 3}, "top_logprobs"),  # needs logprobs: true
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),  # needs stream: true
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),  # "auto" is not supported
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, None),  # no tool_choice: the tools are ignored
     ({"tool_choice": "auto"}, "tool_choice"),
     ({"tools": [{"type": "function"}], "tool_choice": "required"}, "tools.0.function"),
     ({"response_format": {"type": "xml"}}, "response_format"),
@@ -88,18 +88,17 @@ CHAT_CASES = [
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages.0.content.0.type"),
     ({"messages": [{"role": "user"}]}, None),  # a user turn without content is just empty text: accepted
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, "messages.1.role"),
     ({"messages": [{"role": "assistant", "content": "a"}]}, "messages.0.role"),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "messages.1.role"),
-    ({"messages": [{"role": "system", "content": "a"}]}, "messages"),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"},
-                   {"role": "user", "content": "c"}]}, "messages.1.role"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                   {"role": "assistant", "content": "c"}]}, "messages.2.role"),
+    ({"messages": [{"role": "user", "content": "a"}], "continue_final_message": True}, "continue_final_message"),
 ]
 
 COMPLETION_CASES = [
     ({"prompt": None}, "prompt"),
     ({"prompt": []}, "prompt"),
-    ({"prompt": ["a", "b"]}, "prompt"),  # batched prompts are not supported
+    ({"prompt": [[1], []]}, "prompt"),
+    ({"prompt": ["a"] * 65}, "prompt"),  # more than [limits] max_prompts
     ({"prompt": [999999]}, "prompt"),
     ({"prompt": [-1]}, "prompt"),
     ({"prompt": 5}, "prompt"),
@@ -107,7 +106,7 @@ COMPLETION_CASES = [
     ({"suffix": "tail"}, "suffix"),
     ({"best_of": 2}, "best_of"),
     ({"echo": "yes"}, "echo"),
-    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": -1}, "max_tokens"),
     ({"temperature": 3}, "temperature"),
 ]
 

@@ -154,7 +154,6 @@ RESULT = {"role": "tool", "content": "r"}
         ([U, CALL, U], "messages[2].role", "leaves 1 tool call(s) without a result"),
         ([U, CALL, RESULT, RESULT], "messages[3].role", "did not call a tool"),
         ([U, CALL], "messages[1]", "have no result"),
-        ([U, CALL, RESULT, A], "messages[3].role", "last message must be from the user"),
         ([U, {"role": "assistant", "content": "", "tool_calls": "x"}], "messages[1].tool_calls", "list of strings"),
         ([{"role": "function", "content": "u"}], "messages[0].role", "unsupported role 'function'"),
         ([{"role": "developer", "content": "u"}], "messages[0].role", "unsupported role 'developer'"),
@@ -164,18 +163,10 @@ RESULT = {"role": "tool", "content": "r"}
             "messages[2].content",
             "got list",
         ),
-        ([S], "messages", "system message must be followed by a user message"),
-        ([S, A, U], "messages[1].role", "system message must be followed by a user message"),
-        ([S, S, U], "messages[1].role", "only the first message may have role 'system'"),
-        ([U, S], "messages[1].role", "only the first message may have role 'system'"),
-        ([U, A, S, U], "messages[2].role", "only the first message may have role 'system'"),
-        ([A, U], "messages[0].role", "must start with a user message"),
-        ([U, U], "messages[1].role", "next message must be from the assistant"),
-        ([U, A, A, U], "messages[2].role", "next message must be from the user"),
-        ([S, U, U], "messages[2].role", "next message must be from the assistant"),
-        ([U, A], "messages[1].role", "last message must be from the user"),
-        ([S, U, A], "messages[2].role", "last message must be from the user"),
-        ([A], "messages[0].role", "must start with a user message"),
+        ([A, U], "messages[0].role", "must start with a user or system message"),
+        ([A], "messages[0].role", "must start with a user or system message"),
+        ([U, A, A, U], "messages[2].role", "messages[1] is from the assistant too"),
+        ([S, U, A, A], "messages[3].role", "messages[2] is from the assistant too"),
     ],
 )
 def test_conversation_errors(tok: NanochatTokenizer, messages: object, param: str, fragment: str) -> None:
@@ -185,3 +176,79 @@ def test_conversation_errors(tok: NanochatTokenizer, messages: object, param: st
     assert fragment in err.value.message
     assert str(err.value) == err.value.message
     assert isinstance(err.value, ValueError)
+
+
+def _ids(tok: NanochatTokenizer, *turns: tuple[str, str], open_new: bool = True, keep_open: bool = False) -> list[int]:
+    """Expected ids for already-folded turns."""
+    ids = [tok.bos_id]
+    for n, (role, text) in enumerate(turns):
+        if role == "user":
+            ids += [tok.user_start, *tok.encode(text), tok.user_end]
+        else:
+            ids += [tok.assistant_start, *tok.encode(text)]
+            if not (keep_open and n == len(turns) - 1):
+                ids.append(tok.assistant_end)
+    return ids + [tok.assistant_start] * open_new
+
+
+@pytest.mark.parametrize(
+    ("messages", "turns"),
+    [
+        ([S], [("user", "s")]),  # a lone system message is the user turn
+        ([S, S], [("user", "s\n\ns")]),
+        ([U, U], [("user", "u\n\nu")]),
+        ([U, S], [("user", "u\n\ns")]),
+        ([U, A, S, U], [("user", "u"), ("assistant", "a"), ("user", "s\n\nu")]),  # into the next user turn
+        ([U, A, S], [("user", "u"), ("assistant", "a"), ("user", "s")]),
+        ([S, S, U], [("user", "s\n\ns\n\nu")]),
+        ([S, U, U], [("user", "s\n\nu\n\nu")]),
+    ],
+)
+def test_system_and_user_runs_fold_into_one_user_turn(tok: NanochatTokenizer, messages: list, turns: list) -> None:
+    assert render_for_completion(tok, messages) == _ids(tok, *turns)
+
+
+def test_default_system_prompt_only_without_any_system_message(tok: NanochatTokenizer) -> None:
+    later = [U, A, S, U]
+    assert render_for_completion(tok, later, default_system_prompt="D") == render_for_completion(tok, later)
+
+
+@pytest.mark.parametrize(
+    ("messages", "options", "turns", "open_new", "keep_open"),
+    [
+        ([U, A], {}, [("user", "u"), ("assistant", "a")], False, True),  # continued by default
+        ([S, A], {}, [("user", "s"), ("assistant", "a")], False, True),
+        ([U, A], {"continue_final_message": True}, [("user", "u"), ("assistant", "a")], False, True),
+        ([U, A], {"add_generation_prompt": False}, [("user", "u"), ("assistant", "a")], False, True),
+        ([U, A], {"continue_final_message": False}, [("user", "u"), ("assistant", "a")], True, False),
+        ([U, A], {"add_generation_prompt": True}, [("user", "u"), ("assistant", "a")], True, False),
+        ([U, A], {"continue_final_message": False, "add_generation_prompt": False},
+         [("user", "u"), ("assistant", "a")], False, False),
+        ([U], {"add_generation_prompt": False}, [("user", "u")], False, False),
+        ([U], {"continue_final_message": False}, [("user", "u")], True, False),
+    ],
+)
+def test_final_assistant_message_and_generation_prompt(tok: NanochatTokenizer, messages: list, options: dict,
+                                                       turns: list, open_new: bool, keep_open: bool) -> None:
+    expected = _ids(tok, *turns, open_new=open_new, keep_open=keep_open)
+    assert render_for_completion(tok, messages, **options) == expected
+
+
+def test_an_answer_after_tool_results_is_continued_like_any_final_assistant_message(tok: NanochatTokenizer) -> None:
+    open_turn = render_for_completion(tok, [U, CALL, RESULT, A])
+    assert open_turn[-1] != tok.assistant_end and open_turn[-len(tok.encode("a")):] == tok.encode("a")
+    closed = render_for_completion(tok, [U, CALL, RESULT, A], add_generation_prompt=True)
+    assert closed == [*open_turn, tok.assistant_end, tok.assistant_start]
+
+
+@pytest.mark.parametrize(
+    ("messages", "options", "fragment"),
+    [
+        ([U, A], {"continue_final_message": True, "add_generation_prompt": True}, "cannot both be true"),
+        ([U], {"continue_final_message": True}, "needs the last message to be from the assistant"),
+    ],
+)
+def test_final_turn_option_errors(tok: NanochatTokenizer, messages: list, options: dict, fragment: str) -> None:
+    with pytest.raises(ConversationError) as err:
+        render_for_completion(tok, messages, **options)
+    assert err.value.param == "continue_final_message" and fragment in err.value.message

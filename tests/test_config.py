@@ -69,6 +69,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_total_chars": 128000,
         "max_tokens_limit": 4096,
         "max_n": 8,
+        "max_prompts": 64,
         "max_stop_sequences": 4,
         "max_top_logprobs": 20,
         "max_schema_bytes": 65536,

@@ -85,7 +85,7 @@ def _check_sdk_completions(out: str) -> None:
     lines = out.splitlines()
     assert lines[0].startswith("'Once upon a time")
     offsets = [line.split(" ", 2) for line in lines[1:]]
-    assert offsets[0][0] == "0" and offsets[0][2] == "None"  # the echoed prompt has no logprobs
+    assert offsets[0][0] == "0" and offsets[0][2] != "None"  # the echoed prompt is scored too
     assert offsets[-1][2] != "None" and len(offsets) > 5
 
 
@@ -145,7 +145,28 @@ def _check_sdk_errors(out: str) -> None:
     assert out.splitlines() == ["400 invalid_conversation messages.0.role", "404 model_not_found model"]
 
 
+def _check_sdk_continue(out: str) -> None:
+    assert out.startswith("'") or out.startswith('"')
+
+
+def _check_sdk_batch(out: str) -> None:
+    lines = out.splitlines()
+    assert [line.split(" ", 1)[0] for line in lines[:4]] == ["0", "1", "2", "3"]
+    assert lines[0] == lines[1].replace("1", "0", 1) and lines[2] == lines[3].replace("3", "2", 1)  # greedy
+    prompt, completion = lines[4].split()
+    assert int(completion) <= 4 * 6
+
+
+def _check_sdk_score(out: str) -> None:
+    lines = out.splitlines()
+    assert lines[0].startswith("'The'") and float(lines[0].split()[-1]) <= 0
+    assert lines[-1].startswith("log-likelihood: -")
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
+    "sdk-continue": _check_sdk_continue,
+    "sdk-batch": _check_sdk_batch,
+    "sdk-score": _check_sdk_score,
     "chat-basic": _check_chat_basic,
     "sdk-chat": _check_sdk_chat,
     "completions-basic": _check_completions_basic,

@@ -205,7 +205,7 @@ async def test_sdk_legacy_completion_request_parses(gateway: FakeGateway) -> Non
         model=MODEL, prompt="Hello", echo=False, logprobs=2, stop=["."]
     )
     request = CompletionRequest.model_validate(gateway.sent[0])
-    assert request.single_prompt() == "Hello"
+    assert request.prompts() == ["Hello"]
     assert request.effective_max_tokens() == 16  # OpenAI's default for legacy completions
     assert (request.logprobs, request.stop_sequences()) == (2, ["."])
     assert result.choices[0].text == " world"
@@ -252,10 +252,17 @@ def test_integers_may_be_written_as_integral_floats() -> None:
 
 @pytest.mark.parametrize(
     ("prompt", "expected"),
-    [("text", "text"), (["text"], "text"), ([1, 2, 3], [1, 2, 3]), ([[4, 5]], [4, 5]), ("", "")],
+    [("text", ["text"]), (["text"], ["text"]), ([1, 2, 3], [[1, 2, 3]]), ([[4, 5]], [[4, 5]]), ("", [""]),
+     (["a", "b"], ["a", "b"]), ([[1], [2, 3]], [[1], [2, 3]])],
 )
 def test_completion_prompt_forms(prompt: Any, expected: Any) -> None:
-    assert CompletionRequest.model_validate({"model": MODEL, "prompt": prompt}).single_prompt() == expected
+    assert CompletionRequest.model_validate({"model": MODEL, "prompt": prompt}).prompts() == expected
+
+
+def test_a_tools_list_validates_with_any_tool_choice() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    for choice in (None, "none", "auto", "required"):  # what each choice does is decided when the run is prepared
+        assert chat(tools=tools, tool_choice=choice).tools[0].function.name == "f"
 
 
 # === requests: rejections name the field =========================================================
@@ -276,6 +283,9 @@ CHAT_REJECTIONS: list[tuple[str, dict[str, Any], str, str]] = [
     ("unknown format", {"response_format": {"type": "xml"}}, "response_format", "invalid_value"),
     ("schema without a name", {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
      "response_format.json_schema.name", "missing_required_parameter"),
+    ("tools not a list", {"tools": {"type": "function"}}, "tools", "invalid_type"),
+    ("a function message", {"messages": [{"role": "function", "content": "1"}]}, "messages.0.role",
+     "unsupported_value"),
     ("audio output", {"audio": {"voice": "alloy", "format": "wav"}}, "audio", "unsupported_parameter"),
     ("audio modality", {"modalities": ["text", "audio"]}, "modalities", "unsupported_value"),
     (
@@ -337,14 +347,13 @@ def test_chat_rejections_name_the_field(patch: dict[str, Any], param: str, code:
 
 
 COMPLETION_REJECTIONS: list[tuple[str, dict[str, Any], str]] = [
-    ("batched text prompts", {"prompt": ["a", "b"]}, "prompt"),
-    ("batched token prompts", {"prompt": [[1], [2]]}, "prompt"),
     ("empty token prompt", {"prompt": []}, "prompt"),
+    ("an empty prompt in a batch", {"prompt": [[1], []]}, "prompt"),
     ("negative token id", {"prompt": [1, -2]}, "prompt.1"),
     ("logprobs above 5", {"logprobs": 6}, "logprobs"),
     ("suffix", {"suffix": "tail"}, "suffix"),
     ("best_of differs from n", {"best_of": 3}, "best_of"),
-    ("max_tokens zero", {"max_tokens": 0}, "max_tokens"),
+    ("max_tokens negative", {"max_tokens": -1}, "max_tokens"),
     ("stream_options without stream", {"stream_options": {}}, "stream_options"),
 ]
 

@@ -75,7 +75,7 @@ async def _chunks(run: GenerationRun, body: ChatCompletionRequest) -> AsyncGener
     yield chunk([
         ChunkChoice(index=i, delta=Delta(role="assistant", content=None if calls else ""),
                                     logprobs=None, finish_reason=None)
-        for i in range(run.ctx.n)
+        for i in range(run.ctx.choices)
     ])
     async for step in run.outputs():
         for out in step:

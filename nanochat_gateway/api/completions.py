@@ -1,7 +1,9 @@
 """POST /v1/completions: legacy text completions for base models, streamed or not.
 
 A string prompt is encoded after <|bos|>, as nanochat's base models saw every document
-start; a token-id prompt is used exactly as given (api/prompts.py).
+start; a token-id prompt is used exactly as given (api/prompts.py). Several prompts in one
+request give n choices each, numbered prompt by prompt. With ``echo`` each choice starts
+with its prompt, and with ``echo`` and ``logprobs`` the prompt's tokens are scored too.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -16,8 +19,16 @@ from nanochat_gateway.api.bodies import json_response
 from nanochat_gateway.api.generation import ChoiceTotal, GenerationRun
 from nanochat_gateway.api.logprobs import CompletionLogprobsBuilder, TokenText
 from nanochat_gateway.api.prepare import prepare_run
-from nanochat_gateway.api.schemas import Completion, CompletionChoice, CompletionRequest, Usage, dump_chunk
+from nanochat_gateway.api.schemas import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    Usage,
+    dump_chunk,
+)
 from nanochat_gateway.api.sse import stream_events
+from nanochat_gateway.engine.request import TokenLogprob
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -27,28 +38,44 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return json_response(_completion(run, body, await run.collect()))
 
 
-def _echo_text(run: GenerationRun, body: CompletionRequest) -> str:
-    prompt = body.single_prompt()
-    return prompt if isinstance(prompt, str) else run.tokenizer.decode(run.ctx.prompt_ids)
+@dataclass
+class EchoedPrompt:
+    """What ``echo`` puts in front of a choice: its prompt's text, tokens and their scores."""
+
+    text: str
+    token_ids: list[int]
+    scores: list[TokenLogprob | None] | None  # one per token; None when logprobs were not asked for
 
 
-def _echo_ids(run: GenerationRun, body: CompletionRequest) -> list[int]:
-    """The echoed prompt's tokens: not the <|bos|> put before a text prompt, which the echo omits."""
-    ids = run.ctx.prompt_ids
-    return ids[1:] if isinstance(body.single_prompt(), str) else ids
+def echoed_prompt(run: GenerationRun, body: CompletionRequest, prompt: int) -> EchoedPrompt:
+    """A string prompt is echoed as sent, without the <|bos|> put before it (so its first token
+    is scored given that <|bos|>); token ids are decoded, and their first token has no score."""
+    sent = body.prompts()[prompt]
+    ids = run.ctx.prompts[prompt]
+    entries = run.prompt_logprobs[prompt]
+    scores: list[TokenLogprob | None] | None = None
+    if isinstance(sent, str):
+        if entries is not None:
+            scores = list(entries)
+        return EchoedPrompt(sent, ids[1:], scores)
+    if entries is not None:
+        scores = [None, *entries]
+    return EchoedPrompt(run.tokenizer.decode(ids), ids, scores)
 
 
 def _completion(run: GenerationRun, body: CompletionRequest, totals: list[ChoiceTotal]) -> Completion:
-    echo = _echo_text(run, body) if body.echo else ""
     token_text = TokenText(run.tokenizer)
     choices = []
     for i, total in enumerate(totals):
+        echo = echoed_prompt(run, body, i // run.ctx.n) if body.echo else None
         logprobs = None
         if body.logprobs is not None:
-            echoed = _echo_ids(run, body) if body.echo else None
-            logprobs = CompletionLogprobsBuilder(token_text).block(total.logprobs, echoed)
+            builder = CompletionLogprobsBuilder(token_text)
+            logprobs = (builder.block(total.logprobs, echo.token_ids, echo.scores) if echo
+                        else builder.block(total.logprobs))
         choices.append(CompletionChoice(
-            text=echo + total.text, index=i, logprobs=logprobs, finish_reason=total.finish_reason,
+            text=(echo.text if echo else "") + total.text, index=i, logprobs=logprobs,
+            finish_reason=total.finish_reason,
         ))
     return Completion(
         id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=run.ctx.model,
@@ -57,11 +84,14 @@ def _completion(run: GenerationRun, body: CompletionRequest, totals: list[Choice
 
 
 async def _chunks(run: GenerationRun, body: CompletionRequest) -> AsyncGenerator[str, None]:
-    """The stream's events: the echoed prompt (if asked), text deltas with finish reasons, usage."""
+    """The stream's events: per choice, its echoed prompt (if asked) just before its first text,
+    then text deltas with finish reasons; usage last."""
     completion_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())  # the same on every event
     include_usage = body.include_usage
     token_text = TokenText(run.tokenizer)
-    builders = [CompletionLogprobsBuilder(token_text) for _ in range(run.ctx.n)]
+    builders = [CompletionLogprobsBuilder(token_text) for _ in range(run.ctx.choices)]
+    # The echo waits for the choice's first output: by then the prompt's scores have arrived.
+    unechoed = set(range(run.ctx.choices)) if body.echo else set()
 
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
         return dump_chunk(Completion(
@@ -69,17 +99,16 @@ async def _chunks(run: GenerationRun, body: CompletionRequest) -> AsyncGenerator
             system_fingerprint=run.system_fingerprint, choices=choices, usage=usage,
         ), include_usage=include_usage)
 
-    if body.echo:
-        echo, echo_ids = _echo_text(run, body), _echo_ids(run, body)
-        yield chunk([
-            CompletionChoice(
-                text=echo, index=i, finish_reason=None,
-                logprobs=builders[i].block([], echo_ids) if body.logprobs is not None else None,
-            )
-            for i in range(run.ctx.n)
-        ])
     async for step in run.outputs():
         for out in step:
+            if out.index in unechoed:
+                unechoed.discard(out.index)
+                echo = echoed_prompt(run, body, out.index // run.ctx.n)
+                logprobs: CompletionLogprobs | None = None
+                if body.logprobs is not None:
+                    logprobs = builders[out.index].block([], echo.token_ids, echo.scores)
+                yield chunk([CompletionChoice(text=echo.text, index=out.index, logprobs=logprobs,
+                                              finish_reason=None)])
             logprobs = None
             if body.logprobs is not None and out.logprobs:
                 logprobs = builders[out.index].block(out.logprobs)

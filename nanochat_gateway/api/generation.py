@@ -4,7 +4,11 @@ Shared by /v1/chat/completions and /v1/completions. It runs the plugins' on_requ
 hooks, submits to the router, turns each step's tokens into UTF-8-safe text per choice,
 passes every delta through the plugins' on_text hooks (stop sequences live there), and
 ends with on_response. It also watches for the client going away and for the request
-deadline, and always cancels the engine request when it stops early, so no slot leaks.
+deadline, and always cancels the engine requests when it stops early, so no slot leaks.
+
+A completions request that batches k prompts is still one run: one on_request, one
+on_response and one usage for the HTTP request, k engine requests (one per prompt, so each
+is admitted and scheduled on its own), and k x n choices numbered prompt by prompt.
 """
 
 from __future__ import annotations
@@ -22,9 +26,15 @@ from nanochat_gateway.api.schemas import FinishReason, Usage
 from nanochat_gateway.config import ServerSettings
 from nanochat_gateway.engine.detokenizer import IncrementalDetokenizer, ToolCallMode
 from nanochat_gateway.engine.grammar import Grammar
-from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, TokenLogprob
+from nanochat_gateway.engine.request import (
+    ChoiceDelta,
+    EngineError,
+    GenerationRequest,
+    PromptLogprobs,
+    TokenLogprob,
+)
 from nanochat_gateway.engine.router import Router
-from nanochat_gateway.engine.stream import RequestStream, StreamItem
+from nanochat_gateway.engine.stream import RequestStream, StreamGroup, StreamItem
 from nanochat_gateway.model.tokenizer import NanochatTokenizer
 from nanochat_gateway.plugins import GenerationContext, GenerationResult, Plugin, TextEvent
 from nanochat_gateway.state import InFlightRun
@@ -47,7 +57,8 @@ CLIENT_GONE_ERRORS = (ClientGone, ConnectionResetError, TimeoutError)
 
 @dataclass(slots=True)
 class ChoiceOutput:
-    """Text (after plugins) and token details of one choice from one engine step."""
+    """Text (after plugins) and token details of one choice from one engine step; ``index`` is
+    the choice's number in the response (prompt-major when several prompts were sent)."""
 
     index: int
     text: str
@@ -94,7 +105,7 @@ class GenerationRun:
                  tokenizer: NanochatTokenizer, stop_token_ids: frozenset[int], server: ServerSettings,
                  tool_calls: ToolCallMode, system_fingerprint: str,
                  in_flight: MutableSet[InFlightRun], grammar: Grammar | None = None,
-                 forced_call: ForcedCall | None = None):
+                 forced_call: ForcedCall | None = None, prompt_logprobs: int | None = None):
         self.ctx = ctx
         self._grammar = grammar  # structured output the engine enforces, if any
         self.forced_call = forced_call  # a reply that is a tool call ends with "tool_calls"
@@ -106,12 +117,15 @@ class GenerationRun:
         self.tokenizer = tokenizer
         self._stop_ids = stop_token_ids
         self._tool_calls = tool_calls
+        self._prompt_logprobs = prompt_logprobs
         self._in_flight = in_flight  # the runs a graceful shutdown waits for
         self._deadline = time.monotonic() + server.request_timeout_s
-        self._stream: RequestStream | None = None
+        self._group: StreamGroup | None = None
         self.started_at = time.monotonic()
-        self.finish_reasons: list[FinishReason | None] = [None] * ctx.n
-        self.completion_tokens: list[int] = [0] * ctx.n
+        self.finish_reasons: list[FinishReason | None] = []
+        self.completion_tokens: list[int] = []
+        # Scores of each prompt's tokens after the first, once the engine has sent them.
+        self.prompt_logprobs: list[list[TokenLogprob] | None] = []
         self._detoks: list[IncrementalDetokenizer] = []
         self._done = False
         self._aborted: errors.APIError | None = None
@@ -120,40 +134,49 @@ class GenerationRun:
 
     # ----------------------------------------------------------------- start
     async def start(self) -> None:
-        """Run on_request hooks and queue the request. Raises APIError before any output."""
+        """Run on_request hooks and queue one engine request per prompt. Raises APIError before any output."""
         for plugin in self._plugins:
             await plugin.on_request(self.ctx)
         ctx = self.ctx
-        self._detoks = [IncrementalDetokenizer(self.tokenizer, self._tool_calls) for _ in range(ctx.n)]
-        request = GenerationRequest(
-            prompt_ids=ctx.prompt_ids, max_tokens=ctx.max_tokens, sampling=ctx.sampling, n=ctx.n,
-            request_id=ctx.request_id, stop_token_ids=self._stop_ids, queue_timeout_s=self.server.queue_timeout_s,
-            grammar=self._grammar,
-        )
+        choices = ctx.choices  # after the hooks, which may change the prompts or n
+        self.finish_reasons = [None] * choices
+        self.completion_tokens = [0] * choices
+        self.prompt_logprobs = [None] * len(ctx.prompts)
+        self._detoks = [IncrementalDetokenizer(self.tokenizer, self._tool_calls) for _ in range(choices)]
+        streams: list[RequestStream] = []
         try:
-            self._stream = self._router.submit(request)
+            for prompt_ids in ctx.prompts:
+                streams.append(self._router.submit(GenerationRequest(
+                    prompt_ids=prompt_ids, max_tokens=ctx.max_tokens, sampling=ctx.sampling, n=ctx.n,
+                    request_id=ctx.request_id, stop_token_ids=self._stop_ids,
+                    queue_timeout_s=self.server.queue_timeout_s, grammar=self._grammar,
+                    prompt_logprobs=self._prompt_logprobs,
+                )))
         except EngineError as exc:
+            for stream in streams:  # all of the batch or none of it
+                stream.cancel()
             raise engine_error_to_api(exc, self.server.retry_after_s) from None
+        self._group = StreamGroup(streams, asyncio.get_running_loop())
         self._in_flight.add(self)
 
     @property
-    def stream(self) -> RequestStream:
-        assert self._stream is not None, "the run has not been started"
-        return self._stream
+    def group(self) -> StreamGroup:
+        assert self._group is not None, "the run has not been started"
+        return self._group
 
     @property
     def prompt_tokens(self) -> int:
-        return len(self.ctx.prompt_ids)
+        return self.ctx.prompt_tokens
 
     @property
     def total_completion_tokens(self) -> int:
         return sum(self.completion_tokens)
 
     def usage(self) -> Usage:
-        """OpenAI usage, counted from the token ids the engine produced."""
+        """OpenAI usage, counted from the token ids the engine produced (all prompts together)."""
         completion = self.total_completion_tokens
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
-                                     total_tokens=self.prompt_tokens + completion)
+                     total_tokens=self.prompt_tokens + completion)
 
     # --------------------------------------------------------------- outputs
     async def outputs(self) -> AsyncIterator[list[ChoiceOutput]]:
@@ -162,11 +185,13 @@ class GenerationRun:
             while not self._done:
                 items = await self._next_items()
                 step: list[ChoiceOutput] = []
-                for item in items:
+                for prompt, item in items:
                     if isinstance(item, EngineError):
                         raise engine_error_to_api(item, self.server.retry_after_s)
-                    if isinstance(item, ChoiceDelta):
-                        output = self._on_delta(item)
+                    if isinstance(item, PromptLogprobs):
+                        self.prompt_logprobs[prompt] = item.entries
+                    elif isinstance(item, ChoiceDelta):
+                        output = self._on_delta(prompt, item)
                         if output is not None:
                             step.append(output)
                 if step:
@@ -177,7 +202,7 @@ class GenerationRun:
 
     async def collect(self) -> list[ChoiceTotal]:
         """Run to the end, reporting how it ended, and return each choice's text, logprobs and finish reason."""
-        totals = [ChoiceTotal() for _ in range(self.ctx.n)]
+        totals = [ChoiceTotal() for _ in range(self.ctx.choices)]
         texts: list[list[str]] = [[] for _ in totals]
         async with self.reporting():
             async for step in self.outputs():
@@ -190,9 +215,9 @@ class GenerationRun:
         return totals
 
     def cancel(self) -> None:
-        """Free the engine request unless it already ended (safe to call more than once)."""
-        if self._stream is not None and not self._done:
-            self._stream.cancel()
+        """Free the engine requests unless they already ended (safe to call more than once)."""
+        if self._group is not None and not self._done:
+            self._group.cancel()
 
     def record(self, status: int, error: str | None) -> None:
         """How the response ended, for on_response (a stream reports errors in-band, not by raising)."""
@@ -223,8 +248,9 @@ class GenerationRun:
         self._aborted = errors.unavailable("The server is shutting down", code="shutting_down")
         self.cancel()
 
-    async def _next_items(self) -> list[StreamItem]:
-        stream = self.stream
+    async def _next_items(self) -> list[tuple[int, StreamItem]]:
+        """The next (prompt position, item) pairs from the engine."""
+        group = self.group
         while True:
             if self._aborted is not None:
                 raise self._aborted
@@ -233,24 +259,24 @@ class GenerationRun:
             self._check_client()
             left = self._deadline - time.monotonic()
             if left <= 0:
-                stream.cancel()
+                group.cancel()
                 raise errors.timeout("The request took longer than the server's request_timeout_s")
-            items = await stream.next_items(timeout=min(DISCONNECT_POLL_S, left))
+            items = await group.next_items(timeout=min(DISCONNECT_POLL_S, left))
             if self._aborted is not None:
                 raise self._aborted
             if items:
                 return items
-            if stream.finished:
+            if group.finished:
                 raise errors.internal_error("The generation ended without a result")
 
     def _check_client(self) -> None:
         transport = self.ctx.request.transport
         if transport is None or transport.is_closing():
-            self.stream.cancel()
+            self.group.cancel()
             raise ClientGone()
 
-    def _on_delta(self, delta: ChoiceDelta) -> ChoiceOutput | None:
-        i = delta.index
+    def _on_delta(self, prompt: int, delta: ChoiceDelta) -> ChoiceOutput | None:
+        i = prompt * self.ctx.n + delta.index
         if self.finish_reasons[i] is not None:
             return None  # a plugin already ended this choice; late tokens are dropped
         self.completion_tokens[i] += len(delta.token_ids)
@@ -266,7 +292,7 @@ class GenerationRun:
         if event.stop:
             finish = client_finish_reason(event.finish_reason or "stop")
             if not final:
-                self.stream.cancel(i)
+                self.group.streams[prompt].cancel(delta.index)
         elif final:
             finish = client_finish_reason(event.finish_reason or delta.finish_reason or "stop")
             if finish == "stop" and self.forced_call is not None:
@@ -277,12 +303,12 @@ class GenerationRun:
     # ---------------------------------------------------------------- finish
     async def _finish(self) -> None:
         """Record the outcome on the context and report it to on_response hooks, once."""
-        stream = self._stream
+        group = self._group
         queue_s = ttft = None
-        if stream is not None and stream.admitted_at is not None:
-            queue_s = stream.admitted_at - stream.submitted_at
-        if stream is not None and stream.first_token_at is not None:
-            ttft = stream.first_token_at - stream.submitted_at
+        if group is not None and group.admitted_at is not None:
+            queue_s = group.admitted_at - group.submitted_at
+        if group is not None and group.first_token_at is not None:
+            ttft = group.first_token_at - group.submitted_at
         self.ctx.result = result = GenerationResult(
             prompt_tokens=self.prompt_tokens, completion_tokens=self.total_completion_tokens,
             finish_reasons=list(self.finish_reasons), status=self._status, error=self._error,

@@ -4,9 +4,9 @@ legacy completions.
 Everything a client can get wrong is caught here, in this order, and answered with the
 OpenAI error that names the parameter, before any KV slot is taken: the server is ready
 and serves the named model; n, stop, top_logprobs and max_tokens are within the server's
-limits; a forced tool call is one this server honours; the prompt renders; prompt plus
-max_tokens fit the context; a response format or tool schema compiles. Then the plugins'
-on_request hooks run and the request is queued.
+limits; a forced tool call is one this server honours; the prompts render; each prompt plus
+max_tokens fits the context; a response format or tool schema compiles. Then the plugins'
+on_request hooks run and the request is queued (one engine request per prompt).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from aiohttp import web
 from nanochat_gateway.api import errors
 from nanochat_gateway.api.bodies import read_body
 from nanochat_gateway.api.generation import GenerationRun
-from nanochat_gateway.api.prompts import chat_prompt_ids, completion_prompt_ids
+from nanochat_gateway.api.prompts import chat_prompt_ids, completion_prompts_ids
 from nanochat_gateway.api.schemas import ChatCompletionRequest, CompletionRequest, GenerationBody
 from nanochat_gateway.api.structured import forced_call, grammar_compiler, output_grammar
 from nanochat_gateway.config import EngineSettings, Settings
@@ -44,16 +44,23 @@ async def prepare_run(request: web.Request, body_type: type[Body]) -> tuple[Gene
     check_limits(body, settings)
     tokenizer = loaded.tokenizer
     forced = None
+    prompt_logprobs = None
     if isinstance(body, ChatCompletionRequest):
         forced = forced_call(body)
-        prompt_ids = chat_prompt_ids(body, tokenizer, settings.limits, settings.model.default_system_prompt or None,
-                                     tool_instructions=forced.instructions() if forced else None)
+        prompts = [chat_prompt_ids(
+            body.messages, tokenizer, settings.limits, settings.model.default_system_prompt or None,
+            tool_instructions=forced.instructions() if forced else None,
+            continue_final_message=body.continue_final_message, add_generation_prompt=body.add_generation_prompt,
+        )]
     else:
-        prompt_ids = completion_prompt_ids(body, tokenizer)
+        prompts = completion_prompts_ids(body, tokenizer, settings.limits)
+        if body.wants_prompt_logprobs:
+            prompt_logprobs = body.top_logprobs_count
     context = router.executors[0].max_seq_len
+    longest = max(len(ids) for ids in prompts)  # one max_tokens for every prompt: the tightest fit
     ctx = GenerationContext(
         request=request, request_id=request[REQUEST_ID], endpoint=body.endpoint, model=state.model_id or "",
-        body=body, prompt_ids=prompt_ids, max_tokens=fit_max_tokens(body, len(prompt_ids), context, settings.engine),
+        body=body, prompts=prompts, max_tokens=fit_max_tokens(body, longest, context, settings.engine),
         n=body.n, stop=body.stop_sequences(), sampling=sampling_params(body, settings.engine, loaded.config.vocab_size),
         stream=body.stream, key_name=request.get(API_KEY_NAME),
     )
@@ -63,7 +70,7 @@ async def prepare_run(request: web.Request, body_type: type[Body]) -> tuple[Gene
         ctx, router=router, plugins=state.plugins, tokenizer=tokenizer,
         stop_token_ids=frozenset({tokenizer.assistant_end, tokenizer.bos_id}), server=settings.server,
         tool_calls=settings.model.tool_calls, system_fingerprint=system_fingerprint(loaded),
-        in_flight=state.active_generations, grammar=grammar, forced_call=forced,
+        in_flight=state.active_generations, grammar=grammar, forced_call=forced, prompt_logprobs=prompt_logprobs,
     )
     await run.start()
     return run, body
@@ -109,13 +116,13 @@ def check_limits(body: GenerationBody, settings: Settings) -> None:
 def fit_max_tokens(body: GenerationBody, prompt_len: int, context: int, engine: EngineSettings) -> int:
     """max_tokens after the context check: never truncate the prompt, never overflow."""
     room = context - prompt_len
-    if room < 1:
+    requested = body.effective_max_tokens()
+    if room < (0 if requested == 0 else 1):  # max_tokens 0 (scoring a prompt) needs no room
         raise errors.invalid_request(
             f"This model's context is {context} tokens and the prompt has {prompt_len} tokens, which leaves "
             "no room for a completion. Shorten the prompt.",
             param=body.prompt_param, code="context_length_exceeded",
         )
-    requested = body.effective_max_tokens()
     if requested is None:
         return min(engine.max_tokens, room)  # the default shrinks to fit; an explicit value never does
     if requested > room:

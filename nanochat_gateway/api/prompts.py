@@ -1,5 +1,5 @@
-"""A request's prompt as token ids: chat messages rendered with nanochat's template, or a
-legacy completions prompt encoded the way nanochat's base models saw every document.
+"""A request's prompts as token ids: chat messages rendered with nanochat's template, or legacy
+completions prompts encoded the way nanochat's base models saw every document.
 
 Tool calls of earlier assistant messages and the ``tool`` messages answering them go into
 the template as nanochat's calculator calls and outputs, each result after its own call
@@ -10,38 +10,40 @@ from __future__ import annotations
 from typing import Any
 
 from nanochat_gateway.api import errors
-from nanochat_gateway.api.schemas import ChatCompletionRequest, CompletionRequest
+from nanochat_gateway.api.schemas import ChatMessage, CompletionRequest
 from nanochat_gateway.api.structured import call_text
 from nanochat_gateway.config import LimitsSettings
 from nanochat_gateway.model.chat_template import ConversationError, render_for_completion
 from nanochat_gateway.model.tokenizer import NanochatTokenizer
 
 
-def chat_prompt_ids(body: ChatCompletionRequest, tokenizer: NanochatTokenizer, limits: LimitsSettings,
-                    default_system_prompt: str | None, *, tool_instructions: str | None = None) -> list[int]:
-    """The rendered conversation, ending with <|assistant_start|> (or inside the assistant's turn,
-    after tool results); 400 for what nanochat cannot render."""
-    turns = _turns(body)
+def chat_prompt_ids(messages: list[ChatMessage], tokenizer: NanochatTokenizer, limits: LimitsSettings,
+                    default_system_prompt: str | None, *, tool_instructions: str | None = None,
+                    continue_final_message: bool | None = None,
+                    add_generation_prompt: bool | None = None) -> list[int]:
+    """The rendered conversation (see model/chat_template.py): ending with <|assistant_start|>, or
+    inside the assistant's turn when it continues a final assistant message or tool results;
+    400 for what nanochat cannot render."""
+    turns = _turns(messages)
     _check_sizes(turns, limits)
     if tool_instructions:
         turns = _with_system_text(turns, default_system_prompt, tool_instructions)
     try:
-        return render_for_completion(tokenizer, turns, default_system_prompt=default_system_prompt)
+        return render_for_completion(tokenizer, turns, default_system_prompt=default_system_prompt,
+                                     continue_final_message=continue_final_message,
+                                     add_generation_prompt=add_generation_prompt)
     except ConversationError as exc:
         raise errors.invalid_request(exc.message, param=exc.param.replace("[", ".").replace("]", ""),
                                      code="invalid_conversation") from None
 
 
-def _turns(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+def _turns(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     """OpenAI messages as nanochat turns: developer counts as system, content parts are joined,
     an assistant's calls become call texts and tool results follow in the order of the calls."""
     turns: list[dict[str, Any]] = []
     call_ids: list[str] = []  # the calls of the last assistant message, in order
-    for i, message in enumerate(body.messages):
+    for i, message in enumerate(messages):  # the schema has refused roles this server cannot render
         role = "system" if message.role == "developer" else message.role
-        if role not in ("system", "user", "assistant", "tool"):
-            raise errors.invalid_request(f"messages[{i}]: the role '{message.role}' is not supported by this model",
-                                         param=f"messages.{i}.role", code="unsupported_value")
         turn: dict[str, Any] = {"role": role, "content": message.text()}
         if role == "assistant" and message.tool_calls:
             turn["tool_calls"] = [call_text(c.function.name, c.function.arguments) for c in message.tool_calls]
@@ -103,13 +105,20 @@ def _check_sizes(turns: list[dict[str, Any]], limits: LimitsSettings) -> None:
                                      param="messages")
 
 
-def completion_prompt_ids(body: CompletionRequest, tokenizer: NanochatTokenizer) -> list[int]:
-    """A text prompt after <|bos|>, as base models saw documents start; token ids exactly as given."""
-    prompt = body.single_prompt()
+def completion_prompts_ids(body: CompletionRequest, tokenizer: NanochatTokenizer,
+                           limits: LimitsSettings) -> list[list[int]]:
+    """Every prompt of the request, in order: text after <|bos|>, as base models saw documents
+    start; token ids exactly as given (and within the vocabulary)."""
+    prompts = body.prompts()
+    if len(prompts) > limits.max_prompts:
+        raise errors.invalid_request(f"at most {limits.max_prompts} prompts are allowed in one request "
+                                     f"(got {len(prompts)})", param="prompt", code="invalid_value")
+    return [_prompt_ids(prompt, tokenizer) for prompt in prompts]
+
+
+def _prompt_ids(prompt: str | list[int], tokenizer: NanochatTokenizer) -> list[int]:
     if isinstance(prompt, str):
         return [tokenizer.bos_id, *tokenizer.encode(prompt)]
-    if not prompt:
-        raise errors.invalid_request("prompt must not be empty", param="prompt")
     vocab = tokenizer.vocab_size
     if bad := [t for t in prompt if t >= vocab]:
         raise errors.invalid_request(f"prompt: token id {bad[0]} is outside the vocabulary (size {vocab})",

@@ -1,8 +1,9 @@
 """Structured output at the HTTP edge: ``response_format`` and forced tool calls.
 
 - ``forced_call`` reads ``tools`` and ``tool_choice``: "required" or a named function force a
-  call; "none" replies in text; "auto" (OpenAI's default when tools are given) is refused,
-  because nanochat was not trained to decide when to call a tool.
+  call; "none" replies in text, and so does a request without tool_choice (agent frameworks send
+  their tool list with every request); an explicit "auto" is refused, because nanochat was not
+  trained to decide when to call a tool.
 - ``output_grammar`` compiles what the reply must follow, before the request is queued: the
   forced call, JSON mode, or the client's JSON schema. What the engine cannot enforce is a
   400 that names the field (``response_format``, ``tools.<i>.function.parameters``).
@@ -74,7 +75,8 @@ class ForcedCall:
 def forced_call(body: ChatCompletionRequest) -> ForcedCall | None:
     """The call ``tools`` and ``tool_choice`` force, or None for a text reply; 400 for what cannot be honoured."""
     tools = body.tools or []
-    choice = body.tool_choice if body.tool_choice is not None else ("auto" if tools else "none")
+    # Without tool_choice the tools are ignored: frameworks send them even when no call is wanted.
+    choice = body.tool_choice if body.tool_choice is not None else "none"
     if choice == "none":
         return None
     if not tools:

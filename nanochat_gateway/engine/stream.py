@@ -50,6 +50,7 @@ class RequestStream:
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
         self._on_finish: list[Callable[[RequestStream], None]] = []
+        self.on_push: Callable[[], None] | None = None  # a StreamGroup reading this stream
 
     # ------------------------------------------------------------- loop side
     @property
@@ -90,6 +91,8 @@ class RequestStream:
             self._finish(now)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        if self.on_push is not None:
+            self.on_push()
 
     def _finish(self, now: float) -> None:
         self.finished_at = now
@@ -116,6 +119,11 @@ class RequestStream:
         items, self._items = self._items, []
         return items
 
+    def take(self) -> list[StreamItem]:
+        """The items delivered since the last call, without waiting."""
+        items, self._items = self._items, []
+        return items
+
     async def __aiter__(self) -> AsyncIterator[StreamItem]:
         while True:
             items = await self.next_items()
@@ -128,6 +136,61 @@ class RequestStream:
         """Stop generating (one choice, or all). The slot is freed at the next step."""
         if not self.finished:
             self._cancel(self, choice)
+
+
+class StreamGroup:
+    """The streams of one HTTP request that sent several prompts, read as one: each item comes
+    with the position of its stream, and one wait covers them all."""
+
+    def __init__(self, streams: list[RequestStream], loop: asyncio.AbstractEventLoop):
+        self.streams = streams
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+        for stream in streams:
+            stream.on_push = self._wake
+
+    @property
+    def finished(self) -> bool:
+        return all(stream.finished for stream in self.streams)
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _wake(self._waiter)
+
+    def _take(self) -> list[tuple[int, StreamItem]]:
+        return [(k, item) for k, stream in enumerate(self.streams) for item in stream.take()]
+
+    async def next_items(self, timeout: float) -> list[tuple[int, StreamItem]]:
+        """(stream position, item) pairs delivered since the last call; [] after ``timeout``."""
+        items = self._take()
+        if items or self.finished:
+            return items
+        self._waiter = waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            timer.cancel()
+        return self._take()
+
+    def cancel(self) -> None:
+        """Stop every stream of the group (those already finished are left alone)."""
+        for stream in self.streams:
+            stream.cancel()
+
+    @property
+    def submitted_at(self) -> float:
+        return min(stream.submitted_at for stream in self.streams)
+
+    @property
+    def admitted_at(self) -> float | None:
+        """When the first of the streams got a KV slot."""
+        return min((s.admitted_at for s in self.streams if s.admitted_at is not None), default=None)
+
+    @property
+    def first_token_at(self) -> float | None:
+        return min((s.first_token_at for s in self.streams if s.first_token_at is not None), default=None)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -2,8 +2,11 @@
 
 The layout follows nanochat's ``render_for_completion``:
 ``<|bos|> (<|user_start|> text <|user_end|> <|assistant_start|> text <|assistant_end|>)*
-<|user_start|> text <|user_end|> <|assistant_start|>``, with a leading system message folded into the
-first user message. Unlike nanochat, nothing is truncated and every malformed conversation raises
+<|user_start|> text <|user_end|> <|assistant_start|>``. nanochat's format has no system turn, so
+system text belongs to the user side: every run of system and user messages is one user turn
+(a leading system message is put before the first user message, as nanochat does). A
+conversation that ends with an assistant message is continued rather than answered. Unlike
+nanochat, nothing is truncated and every conversation that cannot keep this structure raises
 ConversationError pointing at the offending message.
 
 Function calls use nanochat's own tool layout, the one its calculator calls were trained on: inside
@@ -23,6 +26,7 @@ from nanochat_gateway.model.tokenizer import NanochatTokenizer
 __all__ = ["ConversationError", "render_for_completion"]
 
 _ROLES = ("system", "user", "assistant", "tool")
+_JOIN = "\n\n"  # between the messages of one user turn: a blank line, as nanochat put the system prompt
 
 
 class ConversationError(ValueError):
@@ -113,8 +117,11 @@ def _turns(messages: list[_Message]) -> list[_Turn]:
         if m.role == "assistant" and turns and turns[-1].role == "assistant" and turns[-1].open:
             turns[-1].parts += parts  # the answer after the tool results continues the same turn
             turns[-1].last = m.index
+        elif m.role != "assistant" and turns and turns[-1].role == "user":
+            turns[-1].parts += parts  # system and user messages in a row are one user turn
+            turns[-1].last = m.index
         else:
-            turns.append(_Turn(m.role, m.index, m.index, parts))
+            turns.append(_Turn("user" if m.role == "system" else m.role, m.index, m.index, parts))
         pending = list(m.calls)
     if pending:
         last = messages[-1].index
@@ -125,42 +132,41 @@ def _turns(messages: list[_Message]) -> list[_Turn]:
     return turns
 
 
-def _check_order(turns: list[_Turn]) -> str | None:
-    """Check where system, user and assistant turns may appear; returns the system text, if any."""
-    system = None
-    start = 0
-    if turns[0].role == "system":
-        system = "".join(text for _, text in turns[0].parts)
-        start = 1
-        if len(turns) == 1:
-            raise ConversationError("a system message must be followed by a user message", "messages")
-    for n in range(start, len(turns)):
-        turn, i = turns[n], turns[n].first
-        if turn.role == "system":
+def _check_order(turns: list[_Turn]) -> None:
+    """User and assistant turns must alternate, starting with a user turn: nanochat's format has no
+    place for an assistant message first, or for two assistant turns in a row."""
+    for n, turn in enumerate(turns):
+        if turn.role == "user":
+            continue
+        if n == 0:
             raise ConversationError(
-                f"messages[{i}] is a system message; only the first message may have role 'system'",
-                f"messages[{i}].role",
+                f"messages[{turn.first}] has role 'assistant': the conversation must start with a user or "
+                "system message", f"messages[{turn.first}].role",
             )
-        # Turns alternate user/assistant, counted from the first non-system message.
-        expected = "user" if (n - start) % 2 == 0 else "assistant"
-        if turn.role != expected:
-            if n == start and start == 1:
-                why = "a system message must be followed by a user message"
-            elif n == start:
-                why = "the conversation must start with a user message"
-            else:
-                previous = turns[n - 1]
-                why = (f"messages[{previous.last}] is from the {previous.role}, so the next message must be "
-                       f"from the {expected}")
-            raise ConversationError(f"messages[{i}] has role {turn.role!r}: {why}", f"messages[{i}].role")
-    last = turns[-1]
-    if last.role != "user" and not last.open:
-        raise ConversationError(
-            f"messages[{last.last}] has role {last.role!r}: the last message must be from the user "
-            "(or a tool result)",
-            f"messages[{last.last}].role",
-        )
-    return system
+        if turns[n - 1].role == "assistant":
+            raise ConversationError(
+                f"messages[{turn.first}] has role 'assistant': messages[{turns[n - 1].last}] is from the "
+                "assistant too, so a user message must come between them", f"messages[{turn.first}].role",
+            )
+
+
+def _final_turn_mode(last_role: str, continue_final_message: bool | None,
+                     add_generation_prompt: bool | None) -> tuple[bool, bool]:
+    """(leave the final assistant turn open, open a new assistant turn), from the two options.
+
+    Defaults: a final assistant turn (its text, or tool results) is continued; after a final user
+    turn the assistant's turn is opened.
+    """
+    if continue_final_message and add_generation_prompt:
+        raise ConversationError("continue_final_message and add_generation_prompt cannot both be true",
+                                "continue_final_message")
+    if continue_final_message and last_role != "assistant":
+        raise ConversationError("continue_final_message needs the last message to be from the assistant",
+                                "continue_final_message")
+    keep_open = continue_final_message if continue_final_message is not None else (
+        last_role == "assistant" and not add_generation_prompt)
+    open_new = add_generation_prompt if add_generation_prompt is not None else not keep_open
+    return keep_open, open_new
 
 
 def render_for_completion(
@@ -168,25 +174,28 @@ def render_for_completion(
     messages: Sequence[Mapping[str, Any]],
     *,
     default_system_prompt: str | None = None,
+    continue_final_message: bool | None = None,
+    add_generation_prompt: bool | None = None,
 ) -> list[int]:
-    """Token ids that prime the assistant to answer ``messages``.
+    """Token ids that prime the assistant to answer (or continue) ``messages``.
 
     ``messages`` are ``{"role", "content"}`` dicts with string content ("developer" must already be
     mapped to "system"); an assistant message may add ``"tool_calls"``, a list of call texts, each
-    answered in order by one following ``{"role": "tool", "content": result}`` message. An optional
-    leading system message is merged into the first user message as ``system + "\\n\\n" + user``;
-    ``default_system_prompt`` (if non-empty) is used the same way when the conversation has no system
-    message. Then user and assistant turns must alternate, starting with user and ending with user
-    (the ids then end with ``<|assistant_start|>``) or with tool results (the ids end inside that
-    assistant turn, after the last ``<|output_end|>``). Violations raise ConversationError with the
-    offending message's ``param``.
+    answered in order by one following ``{"role": "tool", "content": result}`` message. Every run of
+    system and user messages is one user turn, their texts joined by a blank line in message order;
+    ``default_system_prompt`` (if non-empty) is put before the first user turn when the conversation
+    has no system message at all. User and assistant turns must then alternate, starting with a user
+    turn. After a final user turn the ids end with ``<|assistant_start|>``; a final assistant turn
+    (its text, or tool results) is left open so the model continues it. ``continue_final_message``
+    and ``add_generation_prompt`` override that, with vLLM's meaning: continue the last assistant
+    message as written, or close every message and open a new assistant turn. Violations raise
+    ConversationError with the offending message's ``param``.
     """
-    turns = _turns(_validated(messages))
-    system = _check_order(turns)
-    if turns[0].role == "system":
-        turns = turns[1:]
-    else:
-        system = default_system_prompt or None
+    validated = _validated(messages)
+    turns = _turns(validated)
+    _check_order(turns)
+    keep_open, open_new = _final_turn_mode(turns[-1].role, continue_final_message, add_generation_prompt)
+    default = default_system_prompt if all(m.role != "system" for m in validated) else None
     markers = {
         "call": (tokenizer.python_start, tokenizer.python_end),
         "output": (tokenizer.output_start, tokenizer.output_end),
@@ -194,9 +203,10 @@ def render_for_completion(
     ids = [tokenizer.bos_id]
     for n, turn in enumerate(turns):
         if turn.role == "user":
-            content = "".join(text for _, text in turn.parts)
-            text = content if n != 0 or system is None else system + "\n\n" + content
-            ids += [tokenizer.user_start, *tokenizer.encode(text), tokenizer.user_end]
+            texts = [text for _, text in turn.parts]
+            if n == 0 and default:
+                texts.insert(0, default)
+            ids += [tokenizer.user_start, *tokenizer.encode(_JOIN.join(texts)), tokenizer.user_end]
             continue
         ids.append(tokenizer.assistant_start)
         for kind, text in turn.parts:
@@ -205,8 +215,8 @@ def render_for_completion(
             else:
                 begin, end = markers[kind]
                 ids += [begin, *tokenizer.encode(text), end]
-        if not (turn.open and n == len(turns) - 1):
+        if not (keep_open and n == len(turns) - 1):
             ids.append(tokenizer.assistant_end)
-    if turns[-1].role == "user":
+    if open_new:
         ids.append(tokenizer.assistant_start)
     return ids

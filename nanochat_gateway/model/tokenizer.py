@@ -255,6 +255,16 @@ class NanochatTokenizer:
         """Encode ordinary text; text spelling a special token becomes plain bytes, never a control id."""
         return self.enc.encode_ordinary(text)
 
+    def encode_with_special_tokens(self, text: str) -> list[int]:
+        """Encode text in which special token names (``<|bos|>``, ...) become their control ids,
+        as Hugging Face tokenizers read them; for tokenizer endpoints, never for chat content."""
+        return self.enc.encode(text, allowed_special="all")
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Every special token's name and id."""
+        return dict(self._specials_by_name)
+
     def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
         """Encode several ordinary texts (threads inside tiktoken)."""
         return self.enc.encode_ordinary_batch(list(texts))

@@ -101,14 +101,29 @@ class ContentPart(RequestModel):
         return value
 
 
-class ChatMessage(RequestModel):
-    """One chat message. ``developer`` is the newer name of ``system``; ``function`` is deprecated."""
+# Roles a conversation may use here; "developer" is the newer name of "system".
+ChatRole = Literal["system", "developer", "user", "assistant", "tool"]
+# OpenAI roles this server knows but cannot render, refused with a message that says so.
+UNRENDERED_ROLES = frozenset({"function"})
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+class ChatMessage(RequestModel):
+    """One chat message. ``developer`` is the newer name of ``system``; ``function`` (deprecated) is refused."""
+
+    role: ChatRole
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[MessageToolCall] | None = None  # an assistant message's calls
     tool_call_id: str | None = None  # the call a tool message answers
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _renderable_role(cls, value: Any) -> Any:
+        if value in UNRENDERED_ROLES:
+            raise PydanticCustomError(
+                "unsupported_value", "the role '{role}' is not supported by this model", {"role": value}
+            )
+        return value
 
     def text(self) -> str:
         """The content as one string: text parts are joined with "\\n", missing content is "".
@@ -255,8 +270,8 @@ class ChatCompletionRequest(GenerationBody):
     tools: list[Tool] | None = None
     tool_choice: Annotated[
         ToolChoice | None,
-        Field(description="'required' or a named function forces a call; 'none' ignores the tools; "
-              "'auto' (the default with tools) is not supported."),
+        Field(description="'required' or a named function forces a call; 'none', or no tool_choice at all, "
+              "ignores the tools (agent frameworks send theirs with every request); 'auto' is not supported."),
     ] = None
     # Accepted only in their "off" form: a silent ignore would hand back output the client did not ask for.
     functions: Annotated[
@@ -265,6 +280,16 @@ class ChatCompletionRequest(GenerationBody):
     ] = None
     function_call: Annotated[
         Literal["none"] | None, Field(description="Not supported: omit, null or 'none'.")
+    ] = None
+    continue_final_message: Annotated[
+        bool | None,
+        Field(description="Extension (as vLLM): continue the final assistant message instead of answering "
+                          "it. Defaults to true when the last message is from the assistant."),
+    ] = None
+    add_generation_prompt: Annotated[
+        bool | None,
+        Field(description="Extension (as vLLM): end the prompt with an opened assistant turn. Defaults to "
+                          "true unless the final assistant message is continued."),
     ] = None
     audio: Annotated[None, Field(description="Not supported: omit or null.")] = None
     modalities: Annotated[list[Literal["text"]] | None, Field(description="Only ['text'].")] = None
@@ -325,9 +350,9 @@ class ChatCompletionRequest(GenerationBody):
 class CompletionRequest(GenerationBody):
     """Body of the legacy ``POST /v1/completions``.
 
-    ``prompt`` may be a string, a list with one string, a list of token ids, or a list with one
-    list of token ids. Batched prompts (several per request) are rejected: send one request per
-    prompt (``n`` still gives several choices for one prompt).
+    ``prompt`` is a string, a list of token ids, or a batch: a list of strings or a list of
+    token-id lists. A batch of k prompts gives k x n choices, prompt-major (choice ``i`` of
+    prompt ``p`` has index ``p * n + i``), as OpenAI numbers them.
     """
 
     null_means_default: ClassVar[frozenset[str]] = frozenset({"n", "stream", "echo"})
@@ -341,27 +366,30 @@ class CompletionRequest(GenerationBody):
             {
                 "anyOf": [
                     {"type": "string"},
-                    {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+                    {"type": "array", "items": {"type": "string"}, "minItems": 1},
                     {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
                     {
                         "type": "array",
                         "items": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
                         "minItems": 1,
-                        "maxItems": 1,
                     },
                 ],
-                "description": "One prompt: text or token ids. Batched prompts are rejected.",
+                "description": "Text or token ids, or a batch of either (one prompt per element).",
             }
         ),
     ]
     max_tokens: Annotated[
         int | None,
-        Field(ge=1, description="Defaults to 16 as in OpenAI's API; null means the server default "
-              "([engine] max_tokens, shortened to what the context leaves)."),
+        Field(ge=0, description="Defaults to 16 as in OpenAI's API; null means the server default "
+              "([engine] max_tokens, shortened to what the context leaves). 0 generates nothing: with "
+              "echo and logprobs, that scores the prompt."),
         _INTEGRAL,
     ] = 16
     logprobs: Annotated[
-        int | None, Field(ge=0, le=5, description="Number of top alternatives per token."), _INTEGRAL
+        int | None,
+        Field(ge=0, le=5, description="Number of top alternatives per token; with echo, the prompt's "
+              "tokens get log probabilities too."),
+        _INTEGRAL,
     ] = None
     echo: bool = False
     suffix: Annotated[str | None, Field(description="Not supported: omit, null or ''.", max_length=0)] = None
@@ -371,14 +399,8 @@ class CompletionRequest(GenerationBody):
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, value: Any) -> Any:
-        if isinstance(value, list) and value and isinstance(value[0], str | list) and len(value) != 1:
-            raise PydanticCustomError(
-                "unsupported_value",
-                "batched prompts are not supported; send one prompt per request (got {count})",
-                {"count": len(value)},
-            )
-        if isinstance(value, list) and (not value or value == [[]]):
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and (not value or any(isinstance(p, list) and not p for p in value)):
             raise PydanticCustomError("invalid_value", "must not be empty")
         return value
 
@@ -398,15 +420,19 @@ class CompletionRequest(GenerationBody):
             raise PydanticCustomError("unsupported_value", "only supported when equal to n ({n})", {"n": n})
         return value
 
-    def single_prompt(self) -> str | list[int]:
-        """The one prompt, as text or as token ids."""
+    def prompts(self) -> list[str | list[int]]:
+        """Every prompt, in order: one for a string or a flat list of token ids, else one per element."""
         prompt = self.prompt
         if isinstance(prompt, str):
-            return prompt
-        first = prompt[0]
-        if isinstance(first, str | list):
-            return first
-        return list(prompt)  # type: ignore[arg-type]
+            return [prompt]
+        if isinstance(prompt[0], str | list):
+            return list(prompt)  # type: ignore[arg-type]
+        return [list(prompt)]  # type: ignore[arg-type]
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Whether the echoed prompt's tokens get log probabilities (echo with logprobs)."""
+        return self.echo and self.logprobs is not None
 
     def effective_max_tokens(self) -> int | None:
         """The completion-token budget (16 by default; None means the server default)."""
