@@ -111,11 +111,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     key, digest = new_key()
     print(f"API key for {args.name!r} (shown once, store it now):\n\n  {key}\n")
-    print("Add this line under [plugins.api_keys.keys] in config.toml:\n")
+    print("Paste this line right below the [plugins.api_keys.keys] header of config.toml:\n")
     # A name with dots or @ must be quoted, or TOML reads it as nested tables.
     name = args.name if args.name.replace("_", "").replace("-", "").isalnum() and args.name.isascii() \
         else json.dumps(args.name)
-    print(f'  {name} = "{digest}"')
+    print(f'  {name} = "{digest}"\n')
+    print("or, for keys_env (e.g. NANOCHAT_API_KEYS in docker-compose.yml), add this entry, comma-separated:\n")
+    print(f"  {args.name}={digest}")
     return 0
 
 

@@ -4,6 +4,7 @@ A plugin is a subclass of ``Plugin`` that overrides only the hooks it needs:
 
     middleware(request, handler)   aiohttp middleware around every request, in config order
     routes()                       extra routes (e.g. GET /metrics)
+    openapi_paths()                how /openapi.json describes those routes
     on_request(ctx)                async; sees the validated GenerationContext before it is
                                    queued, may change it or raise APIError to reject it
     on_text(ctx, event)            sync and cheap; sees each text delta of each choice and may
@@ -233,6 +234,10 @@ class Plugin:
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         """Extra routes this plugin serves."""
         return ()
+
+    def openapi_paths(self) -> dict[str, dict[str, Any]]:
+        """OpenAPI 3.1 path items describing ``routes()``, keyed by path, for /openapi.json."""
+        return {}
 
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Runs around every request (plugins in config order, outermost first)."""

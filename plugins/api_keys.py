@@ -4,11 +4,13 @@ Clients send ``Authorization: Bearer <key>`` (what the openai SDK sends) or ``x-
 Keys come from three places, merged at start-up (a name or digest may appear only once):
 
     [plugins.api_keys]
-    keys = { alice = "sha256:<64 hex>" }      # or a [plugins.api_keys.keys] table
     keys_file = "/etc/nanochat/keys.txt"       # lines "name = sha256:<hex>", '#' starts a comment
     keys_env = "NANOCHAT_API_KEYS"             # "name=sha256:<hex>,name2=sha256:<hex>"
+    [plugins.api_keys.keys]                     # the shipped config.toml ends the section with it
+    alice = "sha256:<64 hex>"                  # (or keys = { alice = "..." } in [plugins.api_keys])
 
-``nanochat-gateway keys new NAME`` prints a fresh key and its config line. A request passes when
+``nanochat-gateway keys new NAME`` prints a fresh key, its line for [plugins.api_keys.keys] and
+its keys_env entry. A request passes when
 the SHA-256 of the presented key equals a configured digest (compared with hmac.compare_digest
 against every digest, so the time taken does not depend on which key matched); the key's name is
 then stored as ``request[API_KEY_NAME]`` for rate limiting and logs. Otherwise the answer is 401
@@ -194,6 +196,9 @@ class ApiKeys(Plugin):
             return await handler(request)  # CORS preflight never carries credentials
         if request.path == self.settings.metrics_path and self.metrics_digest is not None:
             self._check(request, [("metrics", self.metrics_digest)])
+            return await handler(request)
+        if isinstance(request.match_info.http_exception, web.HTTPMethodNotAllowed):
+            # A method the route does not serve (TRACE, ...): the 405 reveals no more than /openapi.json.
             return await handler(request)
         if not self.entries or self.is_public(request.path):
             return await handler(request)

@@ -221,6 +221,19 @@ class Metrics(Plugin):
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         return [web.get(self.settings.path, self.scrape)]
 
+    def openapi_paths(self) -> dict[str, dict[str, Any]]:
+        text = {"text/plain": {"schema": {"type": "string"}}}
+        return {self.settings.path: {"get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics",
+            "responses": {
+                "200": {"description": "Metrics in the Prometheus text exposition format (OpenMetrics when the "
+                                       "Accept header asks for it).", "content": text},
+                "401": {"description": "Missing or wrong API key or metrics token (when configured).",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}},
+            },
+        }}}
+
     async def scrape(self, request: web.Request) -> web.Response:
         """GET /metrics: text format, or OpenMetrics when the scraper asks for it."""
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -133,19 +134,57 @@ def test_bad_configuration_stops_start_up(table, words, monkeypatch):
     assert ALICE not in message and "hunter2" not in message  # a misplaced secret is never echoed
 
 
-async def test_cli_key_line_pastes_into_config(start_gateway, capsys, tmp_path):
-    assert cli_main(["keys", "new", "alice.smith@example.com"]) == 0
+SHIPPED_CONFIG = Path(__file__).parent.parent / "config.toml"
+KEYS_HEADER = "[plugins.api_keys.keys]\n"
+
+
+def new_key_lines(capsys, name: str) -> tuple[str, str, str]:
+    """(key, config line, keys_env entry) as `nanochat-gateway keys new NAME` prints them."""
+    assert cli_main(["keys", "new", name]) == 0
     out = capsys.readouterr().out
     key = re.search(r"^\s+(ncg-\S+)$", out, re.M).group(1)
-    assert len(key) == 4 + 43
-    line = next(line for line in out.splitlines() if "sha256:" in line)
+    config_line, env_entry = [line for line in out.splitlines() if "sha256:" in line]
+    return key, config_line, env_entry.strip()
+
+
+async def test_cli_key_lines_paste_into_the_shipped_config(start_gateway, capsys, tmp_path):
+    alice, alice_line, _ = new_key_lines(capsys, "alice.smith@example.com")
+    bob, bob_line, _ = new_key_lines(capsys, "bob")
+    assert len(alice) == 4 + 43
+    text = SHIPPED_CONFIG.read_text()
+    assert text.count(KEYS_HEADER) == 1
+    # Pasted where the output says: right below the header, one line per key.
     config = tmp_path / "config.toml"
-    config.write_text(f'[plugins]\nenabled = ["api_keys"]\n\n[plugins.api_keys.keys]\n{line}\n')
+    config.write_text(text.replace(KEYS_HEADER, KEYS_HEADER + alice_line + "\n" + bob_line + "\n"))
     settings = load_settings(config, env={})
     gateway = await start_gateway(**{"plugins.enabled": ["api_keys", "test_api_keys:KeyNames"],
                                      "plugins.api_keys": settings.plugins.table("api_keys")}, wait_ready=False)
+    for key in (alice, bob):
+        status, _, _ = await get(f"{gateway.url}/v1/models", {"Authorization": f"Bearer {key}"})
+        assert status != 401
+    assert plugin_of(gateway, "key_names").seen == ["alice.smith@example.com", "bob"]
+
+
+async def test_cli_env_entry_works_in_keys_env(start_gateway, capsys, monkeypatch):
+    key, _, entry = new_key_lines(capsys, "carol")
+    _, _, other = new_key_lines(capsys, "dave")
+    monkeypatch.setenv("TEST_NCG_CLI_KEYS", f"{entry},{other}")
+    gateway = await start_gateway(**{"plugins.enabled": ["api_keys", "test_api_keys:KeyNames"],
+                                     "plugins.api_keys": {"keys_env": "TEST_NCG_CLI_KEYS"}}, wait_ready=False)
     status, _, _ = await get(f"{gateway.url}/v1/models", {"Authorization": f"Bearer {key}"})
-    assert status != 401
-    assert plugin_of(gateway, "key_names").seen == ["alice.smith@example.com"]
+    assert status != 401 and plugin_of(gateway, "key_names").seen == ["carol"]
+
+
+def test_a_fresh_key_each_time() -> None:
+    key, key_digest = new_key()
     fresh, fresh_digest = new_key()
-    assert fresh != key and fresh_digest == digest(fresh)
+    assert fresh != key and fresh_digest == digest(fresh) and key_digest == digest(key)
+
+
+async def test_a_wrong_method_is_405_before_any_key_check(start_gateway):
+    gateway = await start_gateway(**{"plugins.enabled": ["api_keys"],
+                                     "plugins.api_keys": {"keys": {"alice": digest(ALICE)}}})
+    status, headers, body = await get(f"{gateway.url}/v1/models", method="TRACE")
+    assert status == 405 and body["error"]["code"] == "method_not_allowed" and "GET" in headers["Allow"]
+    status, _, body = await get(f"{gateway.url}/v1/models")  # the route itself still needs the key
+    assert status == 401

@@ -99,3 +99,25 @@ def _fuzz_operation(operation, mode, base_url: str, checks: list, failures: list
         run()
     except Unsatisfiable:
         assert mode.value == "negative", operation.label  # nothing to break in a GET without parameters
+
+
+async def test_the_document_promises_only_what_the_server_accepts(gateway):
+    schemas = (await fetch_openapi(gateway))["components"]["schemas"]
+    chat, text = schemas["ChatCompletionRequest"]["properties"], schemas["CompletionRequest"]["properties"]
+    assert schemas["ChatMessage"]["properties"]["role"]["enum"] == ["system", "developer", "user", "assistant"]
+    assert chat["n"]["maximum"] == text["n"]["maximum"] == 4  # [engine] max_batch_size of this server
+    assert [b.get("maximum") for b in chat["max_tokens"]["anyOf"]] == [8, None]  # [limits] max_tokens_limit
+    assert [b.get("maximum") for b in text["max_tokens"]["anyOf"]] == [8, None]
+    batches = [b for b in text["prompt"]["anyOf"] if b["type"] == "array"]
+    # lists of prompts are capped by [limits] max_prompts; one prompt's token ids are not
+    assert [b.get("maxItems") for b in batches] == [64, None, 64]
+
+
+async def test_plugin_routes_are_described_where_they_are_served(start_gateway):
+    gateway = await start_gateway(**{"plugins.enabled": ["metrics"], "plugins.metrics.path": "/prom",
+                                     "engine.max_batch_size": 2})
+    doc = await fetch_openapi(gateway)
+    assert "/prom" in doc["paths"] and "/metrics" not in doc["paths"]
+    assert doc["paths"]["/prom"]["get"]["responses"]["200"]["content"] == {"text/plain": {"schema": {"type": "string"}}}
+    async with aiohttp.ClientSession() as session, session.get(f"{gateway.url}/prom") as resp:
+        assert resp.status == 200

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nanochat_gateway.model.chat_template import ConversationError, render_for_completion
+from nanochat_gateway.model.chat_template import ConversationError, jinja_chat_template, render_for_completion
 from nanochat_gateway.model.tokenizer import NanochatTokenizer, load_tokenizer
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
@@ -252,3 +252,23 @@ def test_final_turn_option_errors(tok: NanochatTokenizer, messages: list, option
     with pytest.raises(ConversationError) as err:
         render_for_completion(tok, messages, **options)
     assert err.value.param == "continue_final_message" and fragment in err.value.message
+
+
+JINJA_CASES = [
+    ([U], {}), ([S, U], {}), ([S], {}), ([U, S], {}), ([U, A, S, U], {}), ([U, A, S], {}), ([S, S, U, U], {}),
+    ([U, A], {}), ([U, A], {"add_generation_prompt": True}), ([U, A], {"continue_final_message": False}),
+    ([U, A], {"continue_final_message": True, "add_generation_prompt": False}),
+    ([U], {"add_generation_prompt": False}), ([U, A, U], {"add_generation_prompt": True}),
+    ([{"role": "user", "content": "é\n\nü"}, {"role": "assistant", "content": ""}], {}),
+]
+
+
+@pytest.mark.parametrize(("messages", "options"), JINJA_CASES)
+@pytest.mark.parametrize("default_system", [None, 'Be "kind".\nAlways.'])
+def test_jinja_template_renders_the_same_ids(tok: NanochatTokenizer, messages: list, options: dict,
+                                             default_system: str | None) -> None:
+    jinja2 = pytest.importorskip("jinja2")
+    template = jinja2.Environment().from_string(jinja_chat_template(default_system))
+    text = template.render(messages=messages, **options)
+    expected = render_for_completion(tok, messages, default_system_prompt=default_system, **options)
+    assert tok.encode_with_special_tokens(text) == expected

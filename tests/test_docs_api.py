@@ -163,7 +163,25 @@ def _check_sdk_score(out: str) -> None:
     assert lines[-1].startswith("log-likelihood: -")
 
 
+def _check_tokenize(out: str) -> None:
+    body = json.loads(out)
+    assert body["count"] == len(body["tokens"]) and body["token_strs"] is None and body["max_model_len"] > 0
+
+
+def _check_sdk_tokenize(out: str) -> None:
+    first, prompt = out.splitlines()
+    assert int(first.split()[1]) > 1 and prompt == "<|bos|>Hello world"
+
+
+def _check_tokenizer_info(out: str) -> None:
+    info = json.loads(out)
+    assert (info["bos_token"], info["eos_token"]) == ("<|bos|>", "<|assistant_end|>") and info["chat_template"]
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
+    "tokenize": _check_tokenize,
+    "sdk-tokenize": _check_sdk_tokenize,
+    "tokenizer-info": _check_tokenizer_info,
     "sdk-continue": _check_sdk_continue,
     "sdk-batch": _check_sdk_batch,
     "sdk-score": _check_sdk_score,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 
 from nanochat_gateway import __version__
-from nanochat_gateway.api.openapi import build_openapi
-from nanochat_gateway.config import describe_settings
+from nanochat_gateway.api.openapi import ServerLimits, build_openapi
+from nanochat_gateway.api.prepare import largest_n
+from nanochat_gateway.config import Settings, describe_settings
 from nanochat_gateway.state import STATE, GatewayState
 
 
@@ -51,5 +53,20 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
+    state = _state(request)
     served = {resource.canonical for resource in request.app.router.resources()}
-    return web.json_response(build_openapi(_state(request).model_id, served_paths=served))
+    plugin_paths: dict[str, Any] = {}
+    for plugin in state.plugins:
+        plugin_paths.update(plugin.openapi_paths())
+    return web.json_response(build_openapi(state.model_id, served_paths=served, limits=server_limits(state.settings),
+                                           plugin_paths=plugin_paths))
+
+
+def server_limits(settings: Settings) -> ServerLimits:
+    """The bounds prepare_run enforces, for the OpenAPI document."""
+    limits = settings.limits
+    return ServerLimits(
+        max_n=largest_n(settings), max_tokens=limits.max_tokens_limit,
+        max_top_logprobs=limits.max_top_logprobs, max_stop_sequences=limits.max_stop_sequences,
+        max_prompts=limits.max_prompts, max_messages=limits.max_messages,
+    )

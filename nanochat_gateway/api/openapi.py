@@ -7,6 +7,7 @@ accepted), responses the serialisation schema (what is sent).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -15,11 +16,16 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from nanochat_gateway import __version__
 from nanochat_gateway.api import schemas
 
-__all__ = ["build_openapi"]
+__all__ = ["ServerLimits", "build_openapi"]
 
 _REF = "#/components/schemas/{model}"
 
-_REQUEST_MODELS: tuple[type[BaseModel], ...] = (schemas.ChatCompletionRequest, schemas.CompletionRequest)
+_REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    schemas.ChatCompletionRequest,
+    schemas.CompletionRequest,
+    schemas.TokenizeRequest,
+    schemas.DetokenizeRequest,
+)
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     schemas.ChatCompletion,
     schemas.ChatCompletionChunk,
@@ -27,7 +33,22 @@ _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     schemas.Model,
     schemas.ModelList,
     schemas.ErrorResponse,
+    schemas.TokenizeResponse,
+    schemas.DetokenizeResponse,
+    schemas.TokenizerInfo,
 )
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """The bounds this server enforces beyond the OpenAI schema ([limits], the batch size)."""
+
+    max_n: int
+    max_tokens: int
+    max_top_logprobs: int
+    max_stop_sequences: int
+    max_prompts: int
+    max_messages: int
 
 # Error statuses each kind of route can answer with, and what they mean here.
 _ERROR_DESCRIPTIONS = {
@@ -133,6 +154,35 @@ def _request_examples(model_id: str | None) -> tuple[dict[str, Any] | None, dict
     )
 
 
+def _tokenizer_paths(refs: dict[str, str]) -> dict[str, Any]:
+    """POST /tokenize, POST /detokenize and GET /tokenizer_info (vLLM's shapes)."""
+
+    def post(op_id: str, summary: str, request: str, response: str) -> dict[str, Any]:
+        return {
+            "post": {
+                "operationId": op_id,
+                "summary": summary,
+                "requestBody": {"required": True, "content": _json(refs[request])},
+                "responses": {"200": _ok(summary + ".", _json(refs[response])),
+                              **_error_responses(("400", "401", "404", "413", "500", "503"))},
+            }
+        }
+
+    return {
+        "/tokenize": post("tokenize", "Token ids of a prompt or of a rendered conversation",
+                          "TokenizeRequest", "TokenizeResponse"),
+        "/detokenize": post("detokenize", "Text of token ids", "DetokenizeRequest", "DetokenizeResponse"),
+        "/tokenizer_info": {
+            "get": {
+                "operationId": "tokenizerInfo",
+                "summary": "The tokenizer's special tokens, context and chat template",
+                "responses": {"200": _ok("The tokenizer.", _json(refs["TokenizerInfo"])),
+                              **_error_responses(("401", "500", "503"))},
+            }
+        },
+    }
+
+
 def _plain_operation(
     op_id: str, summary: str, description: str, content: dict[str, Any], errors: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -152,21 +202,67 @@ def _pin_model(components: dict[str, Any], model_id: str) -> None:
         prop["examples"] = [model_id]
 
 
+def _branches(prop: dict[str, Any]) -> list[dict[str, Any]]:
+    """A property's schema and the alternatives of its anyOf (where pydantic puts nullable types)."""
+    return [prop, *prop.get("anyOf", [])]
+
+
+def _cap_integer(prop: dict[str, Any], maximum: int) -> None:
+    for branch in _branches(prop):
+        types = branch.get("type")
+        if types == "integer" or (isinstance(types, list) and "integer" in types):
+            branch["maximum"] = min(branch.get("maximum", maximum), maximum)
+
+
+def _cap_list(prop: dict[str, Any], max_items: int, *, of: tuple[str, ...] = ("string", "array")) -> None:
+    """Bound the arrays among ``prop``'s forms whose items are of a type in ``of``."""
+    for branch in _branches(prop):
+        if branch.get("type") == "array" and branch.get("items", {}).get("type") in of:
+            branch["maxItems"] = min(branch.get("maxItems", max_items), max_items)
+
+
+def _pin_limits(components: dict[str, Any], limits: ServerLimits) -> None:
+    """What the server refuses beyond the OpenAI schema, so the document promises nothing it refuses."""
+    chat = components["ChatCompletionRequest"]["properties"]
+    text = components["CompletionRequest"]["properties"]
+    for props in (chat, text):
+        _cap_integer(props["n"], limits.max_n)
+        _cap_integer(props["max_tokens"], limits.max_tokens)
+        _cap_list(props["stop"], limits.max_stop_sequences, of=("string",))
+        if limits.max_stop_sequences == 0:
+            props["stop"] = {"type": "null", "description": "Not allowed on this server."}
+    _cap_integer(chat["max_completion_tokens"], limits.max_tokens)
+    _cap_integer(chat["top_logprobs"], limits.max_top_logprobs)
+    _cap_integer(text["logprobs"], limits.max_top_logprobs)
+    _cap_list(text["prompt"], limits.max_prompts)  # batches, never the tokens of one prompt
+    for props in (chat, components["TokenizeRequest"]["properties"]):
+        messages = props["messages"]
+        for branch in _branches(messages):
+            if branch.get("type") == "array":
+                branch["maxItems"] = limits.max_messages
+
+
 def build_openapi(
     model_id: str | None = None,
     *,
     title: str = "nanochat-gateway",
     version: str = __version__,
     served_paths: set[str] | None = None,
+    limits: ServerLimits | None = None,
+    plugin_paths: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the OpenAPI 3.1 document; with ``model_id`` the ``model`` fields are pinned to that id.
+    """Build the OpenAPI 3.1 document; with ``model_id`` the ``model`` fields are pinned to that id,
+    and with ``limits`` the bounds are the server's own.
 
-    With ``served_paths`` only those paths are described: /metrics exists only when its plugin
-    is enabled, and a fuzzer must not be promised a route that answers 404.
+    With ``served_paths`` only those of the gateway's own paths are described, so a fuzzer is
+    never promised a route that answers 404. ``plugin_paths`` are the path items plugins
+    describe for the routes they add (Plugin.openapi_paths).
     """
     components, refs = _component_schemas()  # fresh dicts on every call, so safe to edit
     if model_id is not None:
         _pin_model(components, model_id)
+    if limits is not None:
+        _pin_limits(components, limits)
     model_param: dict[str, Any] = {
         "name": "model",
         "in": "path",
@@ -235,27 +331,20 @@ def build_openapi(
             )
         },
         "/stats": {
-            "get": _plain_operation(
-                "stats",
-                "Engine statistics",
-                "Queue, batch and throughput figures as JSON.",
-                any_object,
-                ("500",),
-            )
+            "get": {
+                **_plain_operation(
+                    "stats", "Engine statistics", "Queue, batch and throughput figures as JSON.", any_object,
+                    ("401", "500"),
+                ),
+                "security": [{"bearerAuth": []}, {}],  # a key, when API keys are configured
+            }
         },
-        "/metrics": {
-            "get": _plain_operation(
-                "metrics",
-                "Prometheus metrics",
-                "Metrics in the Prometheus text exposition format.",
-                {"text/plain": {"schema": {"type": "string"}}},
-                ("500",),
-            )
-        },
+        **_tokenizer_paths(refs),
     }
 
     if served_paths is not None:
         paths = {path: item for path, item in paths.items() if path in served_paths}
+    paths.update(plugin_paths or {})
 
     retry_after = {"$ref": "#/components/headers/RetryAfter"}
     responses = {

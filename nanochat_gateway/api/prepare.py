@@ -93,11 +93,16 @@ def serving(state: GatewayState, requested_model: str) -> tuple[Router, LoadedMo
     return state.router, loaded
 
 
+def largest_n(settings: Settings) -> int:
+    """The largest n a request may ask for: each choice takes a KV slot of one executor, so n can
+    never exceed the batch size."""
+    return min(settings.limits.max_n, settings.engine.max_batch_size)
+
+
 def check_limits(body: GenerationBody, settings: Settings) -> None:
     """The server's own bounds on n, stop, top_logprobs and max_tokens."""
     limits = settings.limits
-    # Each choice takes a KV slot of one executor, so n can never exceed the batch size.
-    max_n = min(limits.max_n, settings.engine.max_batch_size)
+    max_n = largest_n(settings)
     if body.n > max_n:
         raise errors.invalid_request(f"n must be at most {max_n} on this server", param="n", code="invalid_value")
     if len(body.stop_sequences()) > limits.max_stop_sequences:

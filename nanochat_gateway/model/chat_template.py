@@ -17,13 +17,14 @@ conversation that ends with tool results leaves that turn open, so the model con
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from nanochat_gateway.model.tokenizer import NanochatTokenizer
 
-__all__ = ["ConversationError", "render_for_completion"]
+__all__ = ["ConversationError", "jinja_chat_template", "render_for_completion"]
 
 _ROLES = ("system", "user", "assistant", "tool")
 _JOIN = "\n\n"  # between the messages of one user turn: a blank line, as nanochat put the system prompt
@@ -220,3 +221,44 @@ def render_for_completion(
     if open_new:
         ids.append(tokenizer.assistant_start)
     return ids
+
+
+# The same rendering as a Jinja chat template, for clients that render conversations themselves
+# (Hugging Face style: called with ``messages`` and optionally ``add_generation_prompt`` and
+# ``continue_final_message``). Special tokens appear by name: encode the result with special
+# tokens allowed. It covers system, user and assistant messages (not tool calls and results) and
+# assumes a conversation render_for_completion accepts.
+_JINJA_TEMPLATE = """\
+{%- set sep = "\\n\\n" -%}
+{%- set ns = namespace(side=[], out="<|bos|>", has_system=false) -%}
+{%- for m in messages if m["role"] in ["system", "developer"] -%}{%- set ns.has_system = true -%}{%- endfor -%}
+{%- if default_system and not ns.has_system -%}{%- set ns.side = [default_system] -%}{%- endif -%}
+{%- set cfm = continue_final_message if continue_final_message is defined else none -%}
+{%- set agp = add_generation_prompt if add_generation_prompt is defined else none -%}
+{%- if cfm is not none -%}{%- set keep_open = cfm -%}
+{%- else -%}{%- set keep_open = messages[-1]["role"] == "assistant" and not agp -%}{%- endif -%}
+{%- set open_new = agp if agp is not none else not keep_open -%}
+{%- for m in messages -%}
+  {%- set c = m["content"] -%}
+  {%- set text = c if c is string else ((c or []) | map(attribute="text") | join("\\n")) -%}
+  {%- if m["role"] == "assistant" -%}
+    {%- if ns.side -%}
+      {%- set ns.out = ns.out + "<|user_start|>" + (ns.side | join(sep)) + "<|user_end|>" -%}
+      {%- set ns.side = [] -%}
+    {%- endif -%}
+    {%- set ns.out = ns.out + "<|assistant_start|>" + text -%}
+    {%- if not (loop.last and keep_open) -%}{%- set ns.out = ns.out + "<|assistant_end|>" -%}{%- endif -%}
+  {%- else -%}
+    {%- set ns.side = ns.side + [text] -%}
+  {%- endif -%}
+{%- endfor -%}
+{%- if ns.side -%}{%- set ns.out = ns.out + "<|user_start|>" + (ns.side | join(sep)) + "<|user_end|>" -%}{%- endif -%}
+{{- ns.out -}}
+{%- if open_new -%}<|assistant_start|>{%- endif -%}
+"""
+
+
+def jinja_chat_template(default_system_prompt: str | None = None) -> str:
+    """render_for_completion's layout as a Jinja chat template (text with special token names)."""
+    default = json.dumps(default_system_prompt or "")  # a JSON string is a valid Jinja string literal
+    return "{%- set default_system = " + default + " -%}\n" + _JINJA_TEMPLATE

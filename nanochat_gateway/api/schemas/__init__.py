@@ -1,5 +1,5 @@
-"""Pydantic models of the OpenAI-compatible API: request bodies (``requests``) and response
-bodies (``responses``). Import them from here."""
+"""Pydantic models of the OpenAI-compatible API: request bodies (``requests``), response
+bodies (``responses``) and the tokenizer endpoints' bodies (``tokenize``). Import them from here."""
 
 from nanochat_gateway.api.schemas.base import RequestModel
 from nanochat_gateway.api.schemas.formats import (
@@ -46,6 +46,13 @@ from nanochat_gateway.api.schemas.responses import (
     dump,
     dump_chunk,
 )
+from nanochat_gateway.api.schemas.tokenize import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenizerInfo,
+)
 
 __all__ = [
     "AssistantMessage",
@@ -62,6 +69,8 @@ __all__ = [
     "CompletionRequest",
     "ContentPart",
     "Delta",
+    "DetokenizeRequest",
+    "DetokenizeResponse",
     "ErrorBody",
     "ErrorResponse",
     "FinishReason",
@@ -72,6 +81,9 @@ __all__ = [
     "ResponseFormat",
     "StreamOptions",
     "TokenLogprob",
+    "TokenizeRequest",
+    "TokenizeResponse",
+    "TokenizerInfo",
     "TopLogprob",
     "Usage",
     "FunctionCall",
