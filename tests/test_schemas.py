@@ -623,14 +623,13 @@ def test_openapi_document_structure() -> None:
         "/health",
         "/ready",
         "/stats",
-        "/metrics",
+        "/tokenize",
+        "/detokenize",
+        "/tokenizer_info",
     }
-    assert set(doc["paths"]) == expected
+    assert set(doc["paths"]) == expected  # plugin routes (/metrics) come from the plugins themselves
     chat_ok = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
     assert set(chat_ok) == {"application/json", "text/event-stream"}
-    assert doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"] == {
-        "text/plain": {"schema": {"type": "string"}}
-    }
     for ref in _refs(doc):
         node: Any = doc
         for part in ref.removeprefix("#/").split("/"):
@@ -642,7 +641,7 @@ def test_openapi_loads_in_schemathesis() -> None:
     schemathesis = pytest.importorskip("schemathesis")
     schema = schemathesis.openapi.from_dict(build_openapi(MODEL))
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 8
+    assert len(operations) == 10
 
 
 @pytest.mark.parametrize("model", [ChatCompletionRequest, CompletionRequest])
