@@ -426,8 +426,8 @@ class CompletionRequest(GenerationBody):
         if isinstance(prompt, str):
             return [prompt]
         if isinstance(prompt[0], str | list):
-            return list(prompt)  # type: ignore[arg-type]
-        return [list(prompt)]  # type: ignore[arg-type]
+            return list(prompt)
+        return [list(prompt)]
 
     @property
     def wants_prompt_logprobs(self) -> bool:
