@@ -159,16 +159,26 @@ class TextEvent:
 
 @dataclass
 class GenerationResult:
-    """How a generation ended, for on_response hooks."""
+    """How a generation ended, for on_response hooks.
+
+    Times are seconds. queue_seconds, time_to_first_token and the end of decode_seconds are
+    measured from the same start (the engine request's submission), so
+    time_to_first_token = queue_seconds + prefill_seconds, and end to end = time_to_first_token
+    + decode_seconds. With several choices (n, batched prompts) they run side by side: a time
+    covers all of them (from the first admission and first token to the last token).
+    """
 
     prompt_tokens: int
     completion_tokens: int
     finish_reasons: list[str | None]
     status: int = 200
     error: str | None = None
-    queue_seconds: float | None = None
-    time_to_first_token: float | None = None
-    duration: float = 0.0
+    queue_seconds: float | None = None  # submission to admission into KV slots
+    time_to_first_token: float | None = None  # submission to the first generated token
+    duration: float = 0.0  # the whole generation, plugin hooks and writing the response included
+    prefill_seconds: float | None = None  # admission to the first token: the prompt's prefill
+    decode_seconds: float | None = None  # first token to last token
+    choice_tokens: list[int] = field(default_factory=list)  # completion tokens of each choice
 
     @property
     def total_tokens(self) -> int:
@@ -176,10 +186,12 @@ class GenerationResult:
 
     @property
     def time_per_output_token(self) -> float | None:
-        if self.time_to_first_token is None or self.completion_tokens < 2:
+        """Mean time between a choice's tokens after its first: decode time over the tokens that
+        followed the first, counted on the longest choice (choices decode side by side)."""
+        longest = max(self.choice_tokens, default=self.completion_tokens)
+        if self.decode_seconds is None or longest < 2:
             return None
-        decode = self.duration - (self.queue_seconds or 0.0) - self.time_to_first_token
-        return max(decode, 0.0) / (self.completion_tokens - 1)
+        return self.decode_seconds / (longest - 1)
 
 
 @dataclass

@@ -6,18 +6,28 @@ endpoints are route patterns (unknown paths are "other"), methods a fixed set, a
 labels that come from other plugins' events are capped.
 
 HTTP (middleware; put ``metrics`` early in ``enabled`` so it also sees rejected requests):
-    nanochat_http_requests_total{endpoint,method,status,model}        counter
-    nanochat_http_request_duration_seconds{endpoint,method}           histogram
-Generations (on_response; an SSE response is HTTP 200 even when it ended in an error event):
-    nanochat_generation_requests_total{endpoint,model,status}         counter (499 = client gone)
-    nanochat_request_finish_reason_total{model,finish_reason}         counter, one per choice
-    nanochat_client_disconnects_total{endpoint,model}                 counter
-    nanochat_prompt_tokens_total{model}                               counter
-    nanochat_generation_tokens_total{model}                           counter
-    nanochat_time_to_first_token_seconds{model}                       histogram
-    nanochat_time_per_output_token_seconds{model}                     histogram
-    nanochat_request_queue_time_seconds{model}                        histogram
-    nanochat_e2e_request_latency_seconds{model}                       histogram
+    nanochat_http_requests_total{endpoint,method,status,model_name}        counter
+    nanochat_http_request_duration_seconds{endpoint,method}                histogram
+Generations (on_response, once per request; an SSE response is HTTP 200 even when it ended in an
+error event). Times start when the request is submitted to the engine: queue time ends at
+admission into KV slots, prefill time runs from admission to the first token, decode time from
+the first token to the last, and time per output token is decode time over the tokens after the
+first (of the longest choice), i.e. (end to end - time to first token) / (output tokens - 1):
+    nanochat_generation_requests_total{endpoint,model_name,status}         counter (499 = client gone)
+    nanochat_request_finish_reason_total{model_name,finish_reason}         counter, one per choice
+    nanochat_client_disconnects_total{endpoint,model_name}                 counter
+    nanochat_prompt_tokens_total{model_name}                               counter
+    nanochat_generation_tokens_total{model_name}                           counter
+    nanochat_request_prompt_tokens{model_name}                             histogram (per request)
+    nanochat_request_generation_tokens{model_name}                         histogram (per request)
+    nanochat_request_params_max_tokens{model_name}                         histogram (max tokens per choice)
+    nanochat_request_params_n{model_name}                                  histogram (choices per prompt)
+    nanochat_time_to_first_token_seconds{model_name}                       histogram
+    nanochat_time_per_output_token_seconds{model_name}                     histogram
+    nanochat_request_queue_time_seconds{model_name}                        histogram
+    nanochat_request_prefill_time_seconds{model_name}                      histogram
+    nanochat_request_decode_time_seconds{model_name}                       histogram
+    nanochat_e2e_request_latency_seconds{model_name}                       histogram
 Executors (read from the router at scrape time, so nothing goes stale):
     nanochat_num_requests_running{executor,device}                    gauge
     nanochat_num_requests_waiting{executor,device}                    gauge
@@ -73,6 +83,9 @@ E2E_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0,
                  10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# 1-2-5 steps from 1 to 100k tokens (vLLM builds the same series up to the context length).
+TOKEN_BUCKETS = tuple(float(m * 10**e) for e in range(6) for m in (1, 2, 5) if m * 10**e <= 100_000)
+N_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
                 2.5, 5.0, 10.0)
 
@@ -174,27 +187,40 @@ class Metrics(Plugin):
 
     def _build(self) -> None:
         c, h = Counter, Histogram
+        m = ["model_name"]
         self.http_requests = self._metric(c, "nanochat_http_requests", "HTTP requests by route, method, status.",
-                                          ["endpoint", "method", "status", "model"])
+                                          ["endpoint", "method", "status", "model_name"])
         self.http_duration = self._metric(h, "nanochat_http_request_duration_seconds",
                                           "Time from request to the end of the response (streams included).",
                                           ["endpoint", "method"], buckets=E2E_BUCKETS)
         self.generations = self._metric(c, "nanochat_generation_requests", "Generations by outcome status.",
-                                        ["endpoint", "model", "status"])
+                                        ["endpoint", "model_name", "status"])
         self.finish_reasons = self._metric(c, "nanochat_request_finish_reason", "Finished choices by reason.",
-                                           ["model", "finish_reason"])
+                                           ["model_name", "finish_reason"])
         self.disconnects = self._metric(c, "nanochat_client_disconnects", "Generations the client abandoned.",
-                                        ["endpoint", "model"])
-        self.prompt_tokens = self._metric(c, "nanochat_prompt_tokens", "Prompt tokens processed.", ["model"])
-        self.generation_tokens = self._metric(c, "nanochat_generation_tokens", "Tokens generated.", ["model"])
-        self.ttft = self._metric(h, "nanochat_time_to_first_token_seconds", "Submit to first token.",
-                                 ["model"], buckets=TTFT_BUCKETS)
-        self.tpot = self._metric(h, "nanochat_time_per_output_token_seconds", "Mean time between output tokens.",
-                                 ["model"], buckets=TPOT_BUCKETS)
-        self.queue = self._metric(h, "nanochat_request_queue_time_seconds", "Time waiting for a KV slot.",
-                                  ["model"], buckets=QUEUE_BUCKETS)
+                                        ["endpoint", "model_name"])
+        self.prompt_tokens = self._metric(c, "nanochat_prompt_tokens", "Prompt tokens processed.", m)
+        self.generation_tokens = self._metric(c, "nanochat_generation_tokens", "Tokens generated.", m)
+        self.request_prompt_tokens = self._metric(h, "nanochat_request_prompt_tokens",
+                                                  "Prompt tokens of one request.", m, buckets=TOKEN_BUCKETS)
+        self.request_generation_tokens = self._metric(h, "nanochat_request_generation_tokens",
+                                                      "Tokens generated for one request (all its choices).", m,
+                                                      buckets=TOKEN_BUCKETS)
+        self.max_tokens = self._metric(h, "nanochat_request_params_max_tokens",
+                                       "The most tokens a request allowed each choice.", m, buckets=TOKEN_BUCKETS)
+        self.n = self._metric(h, "nanochat_request_params_n", "Choices asked for per prompt.", m, buckets=N_BUCKETS)
+        self.ttft = self._metric(h, "nanochat_time_to_first_token_seconds", "Submission to the first token.",
+                                 m, buckets=TTFT_BUCKETS)
+        self.tpot = self._metric(h, "nanochat_time_per_output_token_seconds",
+                                 "Mean time between a choice's tokens after its first.", m, buckets=TPOT_BUCKETS)
+        self.queue = self._metric(h, "nanochat_request_queue_time_seconds",
+                                  "Submission to admission into KV slots.", m, buckets=QUEUE_BUCKETS)
+        self.prefill = self._metric(h, "nanochat_request_prefill_time_seconds",
+                                    "Admission to the first token (the prompt's prefill).", m, buckets=TTFT_BUCKETS)
+        self.decode = self._metric(h, "nanochat_request_decode_time_seconds", "First token to last token.",
+                                   m, buckets=E2E_BUCKETS)
         self.e2e = self._metric(h, "nanochat_e2e_request_latency_seconds", "Generation start to end.",
-                                ["model"], buckets=E2E_BUCKETS)
+                                m, buckets=E2E_BUCKETS)
         self.batch_size = self._metric(h, "nanochat_batch_size", "Rows in one engine step.", ["executor"],
                                        buckets=BATCH_BUCKETS)
         self.step_seconds = self._metric(h, "nanochat_step_duration_seconds", "Duration of one engine step.",
@@ -293,13 +319,16 @@ class Metrics(Plugin):
             self.finish_reasons.labels(model, self._labels["finish_reason"](reason)).inc()
         self.prompt_tokens.labels(model).inc(result.prompt_tokens)
         self.generation_tokens.labels(model).inc(result.completion_tokens)
-        if result.time_to_first_token is not None:
-            self.ttft.labels(model).observe(result.time_to_first_token)
-        if (tpot := result.time_per_output_token) is not None:
-            self.tpot.labels(model).observe(tpot)
-        if result.queue_seconds is not None:
-            self.queue.labels(model).observe(result.queue_seconds)
-        self.e2e.labels(model).observe(result.duration)
+        self.request_prompt_tokens.labels(model).observe(result.prompt_tokens)
+        self.request_generation_tokens.labels(model).observe(result.completion_tokens)
+        self.max_tokens.labels(model).observe(ctx.max_tokens)
+        self.n.labels(model).observe(ctx.n)
+        timings = ((self.ttft, result.time_to_first_token), (self.tpot, result.time_per_output_token),
+                   (self.queue, result.queue_seconds), (self.prefill, result.prefill_seconds),
+                   (self.decode, result.decode_seconds), (self.e2e, result.duration))
+        for histogram, seconds in timings:
+            if seconds is not None:
+                histogram.labels(model).observe(seconds)
 
     # ------------------------------------------------------------------ events
     def on_event(self, event: str, labels: dict[str, str]) -> None:

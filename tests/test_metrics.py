@@ -6,11 +6,13 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nanochat_gateway.app import create_app
 from nanochat_gateway.config import load_settings
+from nanochat_gateway.plugins import GenerationContext, GenerationResult, Plugin
 from nanochat_gateway.state import STATE
 
 CHAT = "/v1/chat/completions"
@@ -69,20 +71,20 @@ async def test_requests_tokens_and_latency_histograms(start_gateway):
 
     model = gateway.model_id
     http = "nanochat_http_requests_total"
-    assert value(samples, http, endpoint=CHAT, method="POST", status="200", model=model) == 2
+    assert value(samples, http, endpoint=CHAT, method="POST", status="200", model_name=model) == 2
     assert value(samples, http, endpoint="other", method="GET", status="404") == 1  # never the raw path
     assert value(samples, http, endpoint="/metrics", method="GET", status="200") == 1
     assert value(samples, "nanochat_http_request_duration_seconds_count", endpoint=CHAT) == 2
     usage = [first["usage"], second["usage"]]
-    assert value(samples, "nanochat_prompt_tokens_total", model=model) == sum(u["prompt_tokens"] for u in usage)
-    assert value(samples, "nanochat_generation_tokens_total", model=model) == sum(
+    assert value(samples, "nanochat_prompt_tokens_total", model_name=model) == sum(u["prompt_tokens"] for u in usage)
+    assert value(samples, "nanochat_generation_tokens_total", model_name=model) == sum(
         u["completion_tokens"] for u in usage)
     assert value(samples, "nanochat_generation_requests_total", endpoint="chat.completions", status="200") == 2
     assert value(samples, "nanochat_request_finish_reason_total", finish_reason="length") == 2
-    assert value(samples, "nanochat_time_to_first_token_seconds_count", model=model) == 2
-    assert value(samples, "nanochat_time_per_output_token_seconds_count", model=model) == 2
-    assert value(samples, "nanochat_request_queue_time_seconds_count", model=model) == 2
-    assert value(samples, "nanochat_e2e_request_latency_seconds_count", model=model) == 2
+    assert value(samples, "nanochat_time_to_first_token_seconds_count", model_name=model) == 2
+    assert value(samples, "nanochat_time_per_output_token_seconds_count", model_name=model) == 2
+    assert value(samples, "nanochat_request_queue_time_seconds_count", model_name=model) == 2
+    assert value(samples, "nanochat_e2e_request_latency_seconds_count", model_name=model) == 2
     # Engine steps are seen through the executor's step listeners.
     assert value(samples, "nanochat_batch_size_count", executor="cpu0") > 0
     assert value(samples, "nanochat_step_duration_seconds_count", executor="cpu0") > 0
@@ -179,3 +181,74 @@ def test_two_apps_have_separate_registries_and_no_router_yet():
     assert "nanochat_auth_failures_total{" not in text_two
     assert "# TYPE nanochat_num_requests_running gauge" in text_two
     assert "nanochat_num_requests_running{" not in text_two
+
+
+RESULTS: list = []
+
+
+class ResultRecorder(Plugin):
+    """Keeps every GenerationResult, to compare with what /metrics shows."""
+
+    name = "result_recorder"
+
+    async def on_response(self, ctx: GenerationContext, result: GenerationResult) -> None:
+        RESULTS.append(result)
+
+
+STEP_S = 0.05  # every engine step sleeps this long, so times have known lower bounds
+
+
+async def test_queue_prefill_decode_and_tpot_measure_what_they_say(start_gateway):
+    RESULTS.clear()
+    gateway = await start_gateway(**{"plugins.enabled": ["metrics", "test_metrics:ResultRecorder"],
+                                     "engine.max_batch_size": 1})
+    tok = gateway.state.model.tokenizer
+    gateway.state.router.executors[0].hooks.fault_injector = lambda batch: time.sleep(STEP_S)
+    no_stop = {str(tok.assistant_end): -100, str(tok.bos_id): -100}
+    async with aiohttp.ClientSession() as session:
+        # One slot: the second request waits for the first (8 steps) before its own prefill.
+        await asyncio.gather(chat(session, gateway.url, model=gateway.model_id, max_tokens=8, logit_bias=no_stop),
+                             chat(session, gateway.url, model=gateway.model_id, max_tokens=4, logit_bias=no_stop))
+        samples = await scrape(session, gateway.url)
+    first, second = sorted(RESULTS, key=lambda r: r.queue_seconds)
+    for result in (first, second):
+        # Queue time ends at admission, before the prefill step: it is not the time to first token.
+        assert result.prefill_seconds >= STEP_S and result.queue_seconds + result.prefill_seconds == \
+            pytest.approx(result.time_to_first_token)
+        tokens = result.completion_tokens
+        assert result.decode_seconds >= (tokens - 1) * STEP_S
+        assert result.time_per_output_token == pytest.approx(result.decode_seconds / (tokens - 1))
+        assert result.time_to_first_token + result.decode_seconds <= result.duration
+    assert first.queue_seconds < STEP_S  # admitted at once
+    assert second.queue_seconds >= 8 * STEP_S  # waited for the first request's whole generation
+    model = gateway.model_id
+    for name, field in (("nanochat_request_queue_time_seconds", "queue_seconds"),
+                        ("nanochat_request_prefill_time_seconds", "prefill_seconds"),
+                        ("nanochat_request_decode_time_seconds", "decode_seconds"),
+                        ("nanochat_time_to_first_token_seconds", "time_to_first_token")):
+        assert value(samples, f"{name}_sum", model_name=model) == pytest.approx(
+            sum(getattr(r, field) for r in RESULTS)), name
+    assert value(samples, "nanochat_time_per_output_token_seconds_sum", model_name=model) == pytest.approx(
+        sum(r.time_per_output_token for r in RESULTS))
+
+
+async def test_per_request_token_and_parameter_histograms(start_gateway):
+    gateway = await start_gateway(**{"plugins.enabled": ["metrics"]})
+    model = gateway.model_id
+    async with aiohttp.ClientSession() as session:
+        answer = await chat(session, gateway.url, model=model, max_tokens=5, n=2)
+        body = {"model": model, "prompt": ["a", "b c"], "max_tokens": 3, "temperature": 0}
+        async with session.post(f"{gateway.base_url}/completions", json=body) as resp:
+            batch = await resp.json()
+        samples = await scrape(session, gateway.url)
+    usages = [answer["usage"], batch["usage"]]
+    assert value(samples, "nanochat_request_prompt_tokens_count", model_name=model) == 2
+    assert value(samples, "nanochat_request_prompt_tokens_sum", model_name=model) == sum(
+        u["prompt_tokens"] for u in usages)
+    assert value(samples, "nanochat_request_generation_tokens_sum", model_name=model) == sum(
+        u["completion_tokens"] for u in usages)
+    assert value(samples, "nanochat_request_params_max_tokens_sum", model_name=model) == 5 + 3
+    assert value(samples, "nanochat_request_params_n_sum", model_name=model) == 2 + 1
+    # bucket edges: a 3-token cap falls in le=5, not le=2
+    assert value(samples, "nanochat_request_params_max_tokens_bucket", model_name=model, le="2.0") == 0
+    assert value(samples, "nanochat_request_params_max_tokens_bucket", model_name=model, le="5.0") == 2

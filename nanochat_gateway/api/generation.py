@@ -303,19 +303,33 @@ class GenerationRun:
     # ---------------------------------------------------------------- finish
     async def _finish(self) -> None:
         """Record the outcome on the context and report it to on_response hooks, once."""
-        group = self._group
-        queue_s = ttft = None
-        if group is not None and group.admitted_at is not None:
-            queue_s = group.admitted_at - group.submitted_at
-        if group is not None and group.first_token_at is not None:
-            ttft = group.first_token_at - group.submitted_at
         self.ctx.result = result = GenerationResult(
             prompt_tokens=self.prompt_tokens, completion_tokens=self.total_completion_tokens,
             finish_reasons=list(self.finish_reasons), status=self._status, error=self._error,
-            queue_seconds=queue_s, time_to_first_token=ttft, duration=time.monotonic() - self.started_at,
+            duration=time.monotonic() - self.started_at, choice_tokens=list(self.completion_tokens),
+            **_engine_times(self._group),
         )
         for plugin in self._plugins:
             try:
                 await plugin.on_response(self.ctx, result)
             except Exception:  # one plugin's failure must not hide the response from the others
                 log.exception("plugin %s failed in on_response", plugin.name)
+
+
+def _engine_times(group: StreamGroup | None) -> dict[str, float | None]:
+    """Queue, time to first token, prefill and decode times from the streams' marks."""
+    times: dict[str, float | None] = {"queue_seconds": None, "time_to_first_token": None,
+                                      "prefill_seconds": None, "decode_seconds": None}
+    if group is None:
+        return times
+    submitted, admitted = group.submitted_at, group.admitted_at
+    first, last = group.first_token_at, group.last_token_at
+    if admitted is not None:
+        times["queue_seconds"] = admitted - submitted
+    if first is not None:
+        times["time_to_first_token"] = first - submitted
+        if admitted is not None:
+            times["prefill_seconds"] = first - admitted
+        if last is not None:
+            times["decode_seconds"] = last - first
+    return times

@@ -111,6 +111,7 @@ class BatchScheduler:
             return False
         self._expire_queue()
         self._admit()
+        self._flush()  # admissions reach the loop now, not with the step's tokens: queue time ends here
         if self.slots_used:
             self._step()
         self._flush()

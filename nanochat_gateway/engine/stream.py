@@ -48,6 +48,7 @@ class RequestStream:
         self.submitted_at = now
         self.admitted_at: float | None = None
         self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
         self.finished_at: float | None = None
         self._on_finish: list[Callable[[RequestStream], None]] = []
         self.on_push: Callable[[], None] | None = None  # a StreamGroup reading this stream
@@ -78,6 +79,7 @@ class RequestStream:
                     self.completion_tokens[item.index] += len(item.token_ids)
                     if self.first_token_at is None:
                         self.first_token_at = now
+                    self.last_token_at = now
                 if item.finish_reason is not None:
                     self.finish_reasons[item.index] = item.finish_reason
                     self._open_choices.discard(item.index)
@@ -191,6 +193,10 @@ class StreamGroup:
     @property
     def first_token_at(self) -> float | None:
         return min((s.first_token_at for s in self.streams if s.first_token_at is not None), default=None)
+
+    @property
+    def last_token_at(self) -> float | None:
+        return max((s.last_token_at for s in self.streams if s.last_token_at is not None), default=None)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
