@@ -7,25 +7,14 @@ from __future__ import annotations
 
 import openai
 import pytest
+from test_chat_template import expected_ids
 
 
-def ids_for(tok, *turns: tuple[str, str], open_new: bool = True, keep_open: bool = False) -> list[int]:
-    ids = [tok.bos_id]
-    for n, (role, text) in enumerate(turns):
-        if role == "user":
-            ids += [tok.user_start, *tok.encode(text), tok.user_end]
-        else:
-            ids += [tok.assistant_start, *tok.encode(text)]
-            if not (keep_open and n == len(turns) - 1):
-                ids.append(tok.assistant_end)
-    return ids + [tok.assistant_start] * open_new
-
-
-async def same_as_completion(gateway, client, messages: list[dict], expected_ids: list[int], **extra) -> str:
+async def same_as_completion(gateway, client, messages: list[dict], ids: list[int], **extra) -> str:
     args = {"model": gateway.model_id, "max_tokens": 8, "temperature": 0}
     chat = await client.chat.completions.create(messages=messages, extra_body=extra or None, **args)
-    text = await client.completions.create(prompt=expected_ids, **args)
-    assert chat.usage.prompt_tokens == len(expected_ids)
+    text = await client.completions.create(prompt=ids, **args)
+    assert chat.usage.prompt_tokens == len(ids)
     assert chat.choices[0].message.content == text.choices[0].text
     assert chat.choices[0].finish_reason == text.choices[0].finish_reason
     return chat.choices[0].message.content
@@ -38,21 +27,21 @@ A = {"role": "assistant", "content": "Blue, and"}
 
 async def test_a_lone_system_message_is_the_user_turn(gateway, client):
     tok = gateway.state.model.tokenizer
-    await same_as_completion(gateway, client, [S], ids_for(tok, ("user", "Be brief.")))
+    await same_as_completion(gateway, client, [S], expected_ids(tok, ("user", "Be brief.")))
 
 
 async def test_a_later_system_message_goes_before_the_next_user_message(gateway, client):
     tok = gateway.state.model.tokenizer
     messages = [U, {"role": "assistant", "content": "Red."}, {"role": "developer", "content": "Answer in French."},
                 {"role": "user", "content": "Another?"}]
-    expected = ids_for(tok, ("user", "Name a color."), ("assistant", "Red."),
+    expected = expected_ids(tok, ("user", "Name a color."), ("assistant", "Red."),
                        ("user", "Answer in French.\n\nAnother?"))
     await same_as_completion(gateway, client, messages, expected)
 
 
 async def test_a_final_assistant_message_is_continued(gateway, client):
     tok = gateway.state.model.tokenizer
-    continued = ids_for(tok, ("user", "Name a color."), ("assistant", "Blue, and"), open_new=False, keep_open=True)
+    continued = expected_ids(tok, ("user", "Name a color."), ("assistant", "Blue, and"), open_new=False, keep_open=True)
     await same_as_completion(gateway, client, [U, A], continued)
     await same_as_completion(gateway, client, [U, A], continued, continue_final_message=True,
                              add_generation_prompt=False)
@@ -60,7 +49,7 @@ async def test_a_final_assistant_message_is_continued(gateway, client):
 
 async def test_a_final_assistant_message_can_be_closed_and_answered(gateway, client):
     tok = gateway.state.model.tokenizer
-    closed = ids_for(tok, ("user", "Name a color."), ("assistant", "Blue, and"))
+    closed = expected_ids(tok, ("user", "Name a color."), ("assistant", "Blue, and"))
     await same_as_completion(gateway, client, [U, A], closed, continue_final_message=False)
     await same_as_completion(gateway, client, [U, A], closed, add_generation_prompt=True)
 
@@ -92,4 +81,4 @@ async def test_tools_that_need_not_be_called_are_ignored(gateway, client, tool_c
     plain = await client.chat.completions.create(**args)
     assert with_tools.choices[0].message.content == plain.choices[0].message.content
     assert with_tools.choices[0].message.tool_calls is None
-    assert with_tools.usage.prompt_tokens == len(ids_for(tok, ("user", "Name a color.")))  # tools not rendered
+    assert with_tools.usage.prompt_tokens == len(expected_ids(tok, ("user", "Name a color.")))  # tools not rendered

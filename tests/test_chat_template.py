@@ -178,8 +178,9 @@ def test_conversation_errors(tok: NanochatTokenizer, messages: object, param: st
     assert isinstance(err.value, ValueError)
 
 
-def _ids(tok: NanochatTokenizer, *turns: tuple[str, str], open_new: bool = True, keep_open: bool = False) -> list[int]:
-    """Expected ids for already-folded turns."""
+def expected_ids(tok: NanochatTokenizer, *turns: tuple[str, str], open_new: bool = True,
+                 keep_open: bool = False) -> list[int]:
+    """Expected ids for already-folded turns (also used by test_api_conversations)."""
     ids = [tok.bos_id]
     for n, (role, text) in enumerate(turns):
         if role == "user":
@@ -205,7 +206,7 @@ def _ids(tok: NanochatTokenizer, *turns: tuple[str, str], open_new: bool = True,
     ],
 )
 def test_system_and_user_runs_fold_into_one_user_turn(tok: NanochatTokenizer, messages: list, turns: list) -> None:
-    assert render_for_completion(tok, messages) == _ids(tok, *turns)
+    assert render_for_completion(tok, messages) == expected_ids(tok, *turns)
 
 
 def test_default_system_prompt_only_without_any_system_message(tok: NanochatTokenizer) -> None:
@@ -230,7 +231,7 @@ def test_default_system_prompt_only_without_any_system_message(tok: NanochatToke
 )
 def test_final_assistant_message_and_generation_prompt(tok: NanochatTokenizer, messages: list, options: dict,
                                                        turns: list, open_new: bool, keep_open: bool) -> None:
-    expected = _ids(tok, *turns, open_new=open_new, keep_open=keep_open)
+    expected = expected_ids(tok, *turns, open_new=open_new, keep_open=keep_open)
     assert render_for_completion(tok, messages, **options) == expected
 
 

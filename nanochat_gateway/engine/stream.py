@@ -3,7 +3,8 @@
 The executor thread never touches these objects directly: once per step it hands a
 list of (stream, items) to the event loop with a single ``call_soon_threadsafe``, and
 ``push`` runs on the loop. Handlers ``await stream.next_items()`` (or iterate) and call
-``cancel`` when the client goes away.
+``cancel`` when the client goes away. A StreamGroup reads the streams of a request that
+sent several prompts as one.
 """
 
 from __future__ import annotations
