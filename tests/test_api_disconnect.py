@@ -137,3 +137,14 @@ async def test_server_keeps_serving_after_disconnects(gateway):
     async with aiohttp.ClientSession() as session, session.post(f"{gateway.base_url}/chat/completions",
                             json={"model": gateway.model_id, "messages": USER_HI, "max_tokens": 3}) as resp:
         assert resp.status == 200 and (await resp.json())["usage"]["completion_tokens"] <= 3
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_batched_request_that_loses_its_client_frees_every_slot_and_queue_entry(gateway, stream):
+    executor = gateway.state.router.executors[0]  # one slot: the batch's second prompt waits in the queue
+    body = {k: v for k, v in long_chat(gateway, stream=stream).items() if k != "messages"}
+    _, writer = await open_raw(gateway, "/v1/completions", body | {"prompt": ["Once", "Twice"]})
+    await wait_until(lambda: executor.running == 1 and executor.waiting == 1, timeout=2)
+    await close(writer)
+    await wait_until(engine_idle(gateway), timeout=1)
+    assert executor.counters.tokens_decoded < LONG_TOKENS
