@@ -121,3 +121,18 @@ async def test_plugin_routes_are_described_where_they_are_served(start_gateway):
     assert doc["paths"]["/prom"]["get"]["responses"]["200"]["content"] == {"text/plain": {"schema": {"type": "string"}}}
     async with aiohttp.ClientSession() as session, session.get(f"{gateway.url}/prom") as resp:
         assert resp.status == 200
+
+
+async def test_tokenize_body_schema_says_exactly_one_of_prompt_and_messages(gateway):
+    """What the document allows for POST /tokenize is what the server accepts."""
+    jsonschema_rs = pytest.importorskip("jsonschema_rs", reason="installed with schemathesis (a dev tool)")
+    doc = await fetch_openapi(gateway)
+    validator = jsonschema_rs.validator_for({"$ref": "#/components/schemas/TokenizeRequest", **doc})
+    message = [{"role": "user", "content": "hi"}]
+    bodies = [{"prompt": "x"}, {"messages": message}, {"prompt": "x", "messages": None},
+              {"prompt": None, "messages": message}, {"prompt": "x", "messages": message},
+              {"prompt": None, "messages": None}, {}]
+    async with aiohttp.ClientSession() as session:
+        for body in bodies:
+            async with session.post(f"{gateway.url}/tokenize", json=body) as resp:
+                assert validator.is_valid(body) == (resp.status == 200), (body, resp.status)

@@ -14,7 +14,11 @@ from nanochat_gateway.api.schemas.requests import ChatMessage, NonEmptyStr, Requ
 class TokenizeRequest(RequestModel):
     """``POST /tokenize``: exactly one of ``prompt`` or ``messages``."""
 
-    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
+    # Exactly one of the two is given (not null): each form says the other is absent or null.
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}}},
+    ]})
 
     model: Annotated[NonEmptyStr | None, Field(description="Optional; when given, the served model's id.")] = None
     prompt: Annotated[str | None, Field(description="Text to encode; special token names become their ids.")] = None
