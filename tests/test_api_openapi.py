@@ -104,7 +104,7 @@ def _fuzz_operation(operation, mode, base_url: str, checks: list, failures: list
 async def test_the_document_promises_only_what_the_server_accepts(gateway):
     schemas = (await fetch_openapi(gateway))["components"]["schemas"]
     chat, text = schemas["ChatCompletionRequest"]["properties"], schemas["CompletionRequest"]["properties"]
-    assert schemas["ChatMessage"]["properties"]["role"]["enum"] == ["system", "developer", "user", "assistant"]
+    assert schemas["ChatMessage"]["properties"]["role"]["enum"] == ["system", "developer", "user", "assistant", "tool"]
     assert chat["n"]["maximum"] == text["n"]["maximum"] == 4  # [engine] max_batch_size of this server
     assert [b.get("maximum") for b in chat["max_tokens"]["anyOf"]] == [8, None]  # [limits] max_tokens_limit
     assert [b.get("maximum") for b in text["max_tokens"]["anyOf"]] == [8, None]

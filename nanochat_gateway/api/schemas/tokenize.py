@@ -8,7 +8,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from nanochat_gateway.api.schemas.requests import ChatMessage, NonEmptyStr, RequestModel, TokenId
+from nanochat_gateway.api.schemas.base import RequestModel
+from nanochat_gateway.api.schemas.requests import ChatMessage, NonEmptyStr, TokenId
 
 
 class TokenizeRequest(RequestModel):
