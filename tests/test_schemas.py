@@ -286,6 +286,8 @@ CHAT_REJECTIONS: list[tuple[str, dict[str, Any], str, str]] = [
     ("tools not a list", {"tools": {"type": "function"}}, "tools", "invalid_type"),
     ("a function message", {"messages": [{"role": "function", "content": "1"}]}, "messages.0.role",
      "unsupported_value"),
+    ("a role that is not a string", {"messages": [{"role": ["user"], "content": "1"}]}, "messages.0.role",
+     "invalid_value"),
     ("audio output", {"audio": {"voice": "alloy", "format": "wav"}}, "audio", "unsupported_parameter"),
     ("audio modality", {"modalities": ["text", "audio"]}, "modalities", "unsupported_value"),
     (

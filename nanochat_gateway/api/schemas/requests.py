@@ -119,7 +119,7 @@ class ChatMessage(RequestModel):
     @field_validator("role", mode="before")
     @classmethod
     def _renderable_role(cls, value: Any) -> Any:
-        if value in UNRENDERED_ROLES:
+        if isinstance(value, str) and value in UNRENDERED_ROLES:
             raise PydanticCustomError(
                 "unsupported_value", "the role '{role}' is not supported by this model", {"role": value}
             )
