@@ -68,6 +68,9 @@ class ServerSettings(BaseModel):
     body_timeout_s: float = Field(60.0, gt=0, description="time to send the whole body once the head is in")
     keepalive_timeout_s: float = Field(75.0, gt=0, description="idle time allowed between requests")
     max_connections: int = Field(0, ge=0, description="open connections; 0 = from the file-descriptor limit")
+    listen_backlog: int = Field(
+        0, ge=0, le=65535, description="connections the kernel queues for accept(); 0 = from the file-descriptor limit"
+    )
 
 
 class ModelSettings(BaseModel):

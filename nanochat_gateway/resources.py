@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ACCEPT_BURST", "ACCEPT_ERRNOS", "MAX_LINGERING", "AcceptErrorLog", "ThrottledLog",
+__all__ = ["ACCEPT_ERRNOS", "MAX_LINGERING", "AcceptErrorLog", "ThrottledLog", "accept_backlog",
            "default_max_connections"]
 
 log = logging.getLogger("nanochat_gateway")
@@ -27,20 +27,36 @@ ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
 # Descriptors kept free of connections: model files, logs, Redis, executor pipes, /proc reads.
 FD_RESERVE_MIN = 64
 FD_RESERVE_FRACTION = 8
-# asyncio accepts up to this many sockets (the listen backlog) before any is counted against the
-# cap, and refused connections keep theirs for a moment: both need room beyond the cap.
-ACCEPT_BURST = 128
+# asyncio accepts up to `backlog` sockets per readiness event, one round per loop iteration, and a
+# round's connections are counted against the cap two iterations later (connection_made is
+# scheduled by the task that wraps the socket) and, when evicted, closed one iteration after
+# that: three rounds can hold descriptors the cap does not see. Refused connections keep theirs
+# for a moment too.
+# All of that needs room beyond the cap, so a small descriptor limit gets a small backlog.
+MAX_ACCEPT_BACKLOG = 128
+MIN_ACCEPT_BACKLOG = 8
+ACCEPT_ROUNDS = 3
 MAX_LINGERING = 32
 MIN_CONNECTIONS = 16
 LOG_INTERVAL_S = 10.0
 
 
-def default_max_connections() -> int:
-    """The connection cap for ``max_connections = 0``: the soft descriptor limit less a reserve."""
+def _soft_fd_limit() -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
-    reserve = max(FD_RESERVE_MIN, soft // FD_RESERVE_FRACTION) + ACCEPT_BURST + MAX_LINGERING
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+def accept_backlog(soft: int | None = None) -> int:
+    """The listen backlog: how many connections one accept round may take, scaled to the limit."""
+    soft = _soft_fd_limit() if soft is None else soft
+    return max(MIN_ACCEPT_BACKLOG, min(MAX_ACCEPT_BACKLOG, soft // 16))
+
+
+def default_max_connections(soft: int | None = None, backlog: int | None = None) -> int:
+    """The connection cap for ``max_connections = 0``: the soft descriptor limit less a reserve."""
+    soft = _soft_fd_limit() if soft is None else soft
+    backlog = accept_backlog(soft) if backlog is None else backlog
+    reserve = max(FD_RESERVE_MIN, soft // FD_RESERVE_FRACTION) + ACCEPT_ROUNDS * backlog + MAX_LINGERING
     return max(MIN_CONNECTIONS, soft - reserve)
 
 

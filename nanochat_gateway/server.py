@@ -80,10 +80,11 @@ async def serve(app: web.Application, host: str, port: int, *, grace_s: float,
     accept_errors.install()
     stopped_at: float | None = None
     try:
-        await web.TCPSite(runner, host, port).start()
         limits = runner.limits
-        log.info("phase=listen url=http://%s:%d max_connections=%d head_timeout_s=%g body_timeout_s=%g "
-                 "keepalive_timeout_s=%g", host, port, limits.max_connections, limits.head_timeout_s,
+        await web.TCPSite(runner, host, port, backlog=limits.listen_backlog).start()
+        log.info("phase=listen url=http://%s:%d max_connections=%d listen_backlog=%d head_timeout_s=%g "
+                 "body_timeout_s=%g keepalive_timeout_s=%g", host, port, limits.max_connections,
+                 limits.listen_backlog, limits.head_timeout_s,
                  limits.body_timeout_s, limits.keepalive_timeout_s)
         await stop.wait()
         stopped_at = time.monotonic()

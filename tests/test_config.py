@@ -34,6 +34,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         "body_timeout_s": 60.0,
         "keepalive_timeout_s": 75.0,
         "max_connections": 0,
+        "listen_backlog": 0,
     },
     "model": {
         "source": "",

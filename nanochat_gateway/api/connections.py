@@ -34,7 +34,7 @@ from aiohttp.streams import StreamReader
 from nanochat_gateway.api import errors
 from nanochat_gateway.api.protocol_errors import HeaderLimits, parser_error_to_api
 from nanochat_gateway.config import ServerSettings
-from nanochat_gateway.resources import MAX_LINGERING, ThrottledLog, default_max_connections
+from nanochat_gateway.resources import MAX_LINGERING, ThrottledLog, accept_backlog, default_max_connections
 
 __all__ = ["ConnectionLimits", "GatewayConnection", "GatewayRunner", "GatewayServer"]
 
@@ -49,20 +49,22 @@ HEADER_LIMITS = HeaderLimits(max_line_size=8192, max_field_size=8190, max_header
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    """The [server] settings a connection obeys, with ``max_connections`` resolved."""
+    """The [server] settings a connection obeys, with ``max_connections`` and the backlog resolved."""
 
     head_timeout_s: float
     body_timeout_s: float
     keepalive_timeout_s: float
     max_connections: int
+    listen_backlog: int
     retry_after_s: int
 
     @classmethod
     def from_settings(cls, server: ServerSettings) -> ConnectionLimits:
+        backlog = server.listen_backlog or accept_backlog()
         return cls(head_timeout_s=server.head_timeout_s, body_timeout_s=server.body_timeout_s,
                    keepalive_timeout_s=server.keepalive_timeout_s,
-                   max_connections=server.max_connections or default_max_connections(),
-                   retry_after_s=server.retry_after_s)
+                   max_connections=server.max_connections or default_max_connections(backlog=backlog),
+                   listen_backlog=backlog, retry_after_s=server.retry_after_s)
 
 
 def raw_error_response(err: errors.APIError) -> bytes:
