@@ -68,6 +68,7 @@ def test_parser_finds_the_conversation_however_it_is_wrapped(reply):
     ("no json here at all", "unparseable"),
     ('{"messages": [{"role": "user", "content": "hi"', "unparseable"),
     (json.dumps({"messages": [CONV[0]]}), "malformed"),
+    ('{ "messages": [ ] }', "malformed"),
     (json.dumps({"messages": [CONV[0], CONV[0]]}), "malformed"),
     (json.dumps({"messages": [*CONV, CONV[0]]}), "malformed"),
     (json.dumps({"messages": [CONV[0], {"role": "assistant", "content": "  "}]}), "malformed"),

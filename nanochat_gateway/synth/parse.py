@@ -84,8 +84,10 @@ def _json_values(text: str) -> Iterator[Any]:
 def _message_list(value: Any) -> list[Any] | None:
     if isinstance(value, dict):
         for key in _CONTAINER_KEYS:
-            if isinstance(value.get(key), list):
-                return _message_list(value[key])
+            inner = value.get(key)
+            if isinstance(inner, list):
+                # An empty list is a conversation found empty (malformed), not a missing one.
+                return inner if not inner else _message_list(inner)
         return None
     if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
         return value

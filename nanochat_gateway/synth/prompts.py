@@ -34,7 +34,9 @@ CONVERSATION_SCHEMA: dict[str, Any] = {
     "strict": True,
     "schema": {
         "type": "object",
-        "properties": {"messages": {"type": "array", "items": {
+        # One to three exchanges: an endpoint that enforces the schema cannot return an empty list.
+        # (minItems and maxItems are in OpenAI's strict subset; length constraints on strings are not.)
+        "properties": {"messages": {"type": "array", "minItems": 2, "maxItems": 6, "items": {
             "type": "object",
             "properties": {"role": {"type": "string", "enum": ["user", "assistant"]}, "content": {"type": "string"}},
             "required": ["role", "content"],
