@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -159,15 +159,16 @@ class ExecutorCollector(Collector):
     def __init__(self, plugin: Metrics):
         self.plugin = plugin
 
-    def _families(self) -> list[Metric]:
+    def _families(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
         labels = ["executor", "device"]
-        gauges: list[Metric] = [GaugeMetricFamily(name, doc, labels=labels) for name, doc, _ in self.GAUGES]
+        gauges: list[GaugeMetricFamily | CounterMetricFamily] = [
+            GaugeMetricFamily(name, doc, labels=labels) for name, doc, _ in self.GAUGES]
         return gauges + [CounterMetricFamily(name, doc, labels=labels) for name, doc, _ in self.COUNTERS]
 
-    def describe(self) -> Iterable[Metric]:
+    def describe(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         return self._families()
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         families = self._families()
         router = self.plugin.context.router
         for executor in router.executors if router is not None else ():
