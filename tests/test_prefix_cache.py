@@ -239,3 +239,22 @@ async def test_scopes_do_not_share_kept_prefixes():
         assert (await run(executor, greedy(prompt, 5, prefix_scope="alice")))[1] == len(prompt) - 1
     finally:
         executor.stop()
+
+
+async def test_scoring_a_prompt_prefills_it_whole():
+    """Prompt log probabilities need logits at every prompt position, and max_tokens 0 asks
+    for nothing else: such requests neither take nor count a cached prefix."""
+    from nanochat_gateway.engine.request import PromptLogprobs
+
+    loaded = golden_model("2026-07")
+    prompt = golden_expected("2026-07")["prompt"][:80]
+    executor = await start_executor(loaded)
+    try:
+        await run(executor, greedy(prompt, 5))
+        queries = executor.counters.prefix_cache_queries
+        stream = executor.submit(greedy(prompt, 0, prompt_logprobs=0))
+        scores = [item for item in [i async for i in stream] if isinstance(item, PromptLogprobs)]
+        assert stream.cached_tokens == 0 and len(scores[0].entries) == len(prompt) - 1
+        assert executor.counters.prefix_cache_queries == queries
+    finally:
+        executor.stop()

@@ -9,7 +9,6 @@ the short sliding window, in place and after copying the prefix into another slo
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import pytest
@@ -51,8 +50,7 @@ def prefill_logits(model, cache: SlotKVCache, slot: int, start: int, tokens: lis
     out = []
     for offset in range(0, len(tokens), 120):
         chunk = tokens[offset : offset + 120]
-        batch = StepBatch.build([], [(slot, start + offset, chunk)], [0])
-        batch = dataclasses.replace(batch, logit_index=torch.arange(len(chunk)))
+        batch = StepBatch.build([], [(slot, start + offset, chunk)], [], every_position=[0])
         out.append(model.forward_step(batch, cache))
     return torch.cat(out)
 
