@@ -137,33 +137,35 @@ async def test_reuse_after_a_request_cancelled_during_its_prefill():
         executor.stop()
 
 
-async def test_kept_prefix_survives_rows_finishing_and_arriving_around_it():
-    """Rows never move between slots: others finishing, being cancelled and being admitted
-    leave a kept prefix intact, and long rows decode the same as alone."""
+async def test_kept_prefix_survives_a_newcomer_in_the_hole_a_finished_row_left():
+    """Rows never move between slots (there is no compaction): a row that finishes leaves a
+    hole, a newcomer takes the least recently used hole, and neither touches the kept prefix
+    of a conversation nor the KV of rows still running. Every output equals the same
+    request run alone."""
     loaded = golden_model("2026-03")
     prompt = golden_expected("2026-03")["prompt"]
-    others = random_prompts(3, seed=4, lo=40, hi=90)
+    long_prompt, short_prompt, new_prompt, runner_prompt = random_prompts(4, seed=4, lo=40, hi=90)
     alone = {}
     executor = await start_executor(loaded, max_batch_size=4, prefix_cache=False)
     try:
-        alone["long"] = (await run(executor, greedy(others[0], 60)))[0]
+        alone["long"] = (await run(executor, greedy(long_prompt, 300)))[0]
+        alone["newcomer"] = (await run(executor, greedy(new_prompt, 5)))[0]
         follow_up = prompt[:100] + (await run(executor, greedy(prompt[:100], 10)))[0] + prompt[100:140]
         alone["follow_up"] = (await run(executor, greedy(follow_up, 20)))[0]
     finally:
         executor.stop()
     executor = await start_executor(loaded, max_batch_size=4)
     try:
-        await run(executor, greedy(prompt[:100], 10))  # kept in its slot
-        long_row = executor.submit(greedy(others[0], 60))
-        cancelled = executor.submit(greedy(others[1], 10_000))
-        short = executor.submit(greedy(others[2], 3))
-        await collect(short)
-        while not cancelled.first_token_at:
-            await asyncio.sleep(0.005)
-        cancelled.cancel()
-        await collect(cancelled)
+        long_row = executor.submit(greedy(long_prompt, 300))  # slot 0, decoding throughout
+        runner = executor.submit(greedy(runner_prompt, 10_000))  # slot 1, cancelled at the end
+        await collect(executor.submit(greedy(short_prompt, 3)))  # slot 2: finishes, leaves a hole
+        assert (await run(executor, greedy(prompt[:100], 10)))[1] == 0  # slot 3, kept after it
+        # no slot is empty now: the newcomer takes the hole of the short row, kept longer ago
+        assert await run(executor, greedy(new_prompt, 5)) == (alone["newcomer"], 0)
         tokens, cached = await run(executor, greedy(follow_up, 20))
         assert cached == 100 + 10 - 1 and tokens == alone["follow_up"]
+        runner.cancel()
+        await collect(runner)
         assert (await collect(long_row))[0][0] == alone["long"]
     finally:
         executor.stop()
