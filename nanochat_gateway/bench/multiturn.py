@@ -61,8 +61,11 @@ async def drive_conversations(url: str, model_id: str, *, conversations: int, tu
         runs = await asyncio.gather(*(conversation(session, url, body, index=i, turns=turns, words=words)
                                       for i in range(conversations)))
         wall = time.perf_counter() - start
-        async with session.get(f"{url}/stats") as response:
-            stats = await response.json()
+        try:
+            async with session.get(f"{url}/stats") as response:
+                stats = await response.json()
+        except aiohttp.ClientError as exc:  # a server that died mid-run: report what was measured
+            stats = {"error": str(exc)}
     per_turn = []
     for turn in range(turns):
         done = [run[turn] for run in runs if len(run) > turn and run[turn].ok]
