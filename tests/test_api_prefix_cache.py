@@ -80,3 +80,17 @@ async def test_key_scope_shares_nothing_across_api_keys(start_gateway):
     finally:
         for client in clients.values():
             await client.close()
+
+
+async def test_prefix_cache_off_in_the_config_reuses_nothing(start_gateway):
+    gateway = await start_gateway(**{"engine.prefix_cache": False})
+    client = AsyncOpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": SYSTEM}]
+    try:
+        for _ in range(2):
+            reply = await client.chat.completions.create(model=gateway.model_id, messages=messages, max_tokens=2,
+                                                         temperature=0)
+            assert reply.usage.prompt_tokens_details.cached_tokens == 0
+    finally:
+        await client.close()
+    assert gateway.state.router.executors[0].describe()["prefix_cache"]["enabled"] is False
