@@ -83,6 +83,11 @@ async def run(executor, request):
     return tokens[0], stream.cached_tokens
 
 
+async def uncached(executor, prompt, max_tokens):
+    """Greedy tokens of the same prompt processed whole, whatever KV is kept."""
+    return (await run(executor, greedy(prompt, max_tokens, use_prefix_cache=False)))[0]
+
+
 async def three_turns(executor, prompt, reply=24):
     turns = [prompt[:80], prompt[80:130], prompt[130:180]]
     history, replies, cached = [], [], []
@@ -132,7 +137,7 @@ async def test_reuse_after_a_request_cancelled_during_its_prefill():
         executor.hooks.fault_injector = None
         tokens, cached = await run(executor, greedy(prompt, 20))
         assert cached == 128  # the two chunks prefilled before the cancellation
-        assert tokens == (await run(executor, greedy(prompt, 20, use_prefix_cache=False)))[0]
+        assert tokens == await uncached(executor, prompt, 20)
     finally:
         executor.stop()
 
@@ -181,12 +186,12 @@ async def test_n_2_reuses_a_prefix_and_each_choice_keeps_its_own_continuation():
         stream = executor.submit(greedy(second, 12, n=2))
         tokens, reasons, _ = await collect(stream)
         assert stream.cached_tokens == 60 and tokens[0] == tokens[1] and reasons == ["length"] * 2
-        assert tokens[0] == (await run(executor, greedy(second, 12, use_prefix_cache=False)))[0]
+        assert tokens[0] == await uncached(executor, second, 12)
         # either choice's slot holds the prompt and its reply: the next turn finds it
         third = second + tokens[1] + [8, 9]
         reply, cached = await run(executor, greedy(third, 6))
         assert cached == len(second) + 12 - 1
-        assert reply == (await run(executor, greedy(third, 6, use_prefix_cache=False)))[0]
+        assert reply == await uncached(executor, third, 6)
     finally:
         executor.stop()
 
@@ -204,7 +209,7 @@ async def test_calculator_turn_tokens_are_part_of_the_kept_prefix():
         follow_up = first + turn + [tok.user_start, 40, 41, tok.user_end, tok.assistant_start]
         reply, cached = await run(executor, greedy(follow_up, 15))
         assert cached == len(first) + len(turn) - 1  # all but the stop token, which was never fed
-        assert reply == (await run(executor, greedy(follow_up, 15, use_prefix_cache=False)))[0]
+        assert reply == await uncached(executor, follow_up, 15)
     finally:
         executor.stop()
 
@@ -223,7 +228,7 @@ async def test_a_prompt_that_is_all_cached_prefix_and_one_that_diverges_at_once(
         diverging = [prompt[0] + 1, *prompt[1:]]
         tokens, cached = await run(executor, greedy(diverging, 20))
         assert cached == 0
-        assert tokens == (await run(executor, greedy(diverging, 20, use_prefix_cache=False)))[0]
+        assert tokens == await uncached(executor, diverging, 20)
         counters = executor.counters
         assert counters.prefix_cache_queries == 4 * len(prompt)  # opted-out requests are not counted
         assert counters.prefix_cache_hits == 2 * (len(prompt) - 1)
