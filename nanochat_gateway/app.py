@@ -126,7 +126,7 @@ async def _bring_up(state: GatewayState) -> None:
             prefill_chunk_tokens=e.prefill_chunk_tokens, max_queue=e.max_queue,
             cpu_threads=e.cpu_threads or _cpu_threads_per_executor(cpu_count),
             admit_window_ms=e.admit_window_ms, kv_cache_memory_fraction=e.kv_cache_memory_fraction,
-            calculator=m.calculator,
+            calculator=m.calculator, prefix_cache=e.prefix_cache, prefix_cache_min_tokens=e.prefix_cache_min_tokens,
         )
         executors = [DeviceExecutor(_executor_name(d, i), d, loader.load, options) for i, d in enumerate(devices)]
         state.router = Router(executors)

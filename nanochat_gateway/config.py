@@ -109,6 +109,10 @@ class EngineSettings(BaseModel):
     top_k: int = Field(0, ge=0, description="0 = off")
     max_tokens: int = Field(512, ge=1, description="default when a request omits max_tokens")
     kv_cache_memory_fraction: float = Field(0.9, gt=0, le=1)
+    prefix_cache: bool = Field(True, description="reuse the KV of a prompt prefix computed before")
+    prefix_cache_min_tokens: int = Field(16, ge=1, description="shorter matched prefixes are not reused")
+    prefix_cache_scope: Literal["global", "key"] = Field(
+        "global", description="'key': only requests with the same API key name share cached prefixes")
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -34,6 +34,10 @@ Executors (read from the router at scrape time, so nothing goes stale):
     nanochat_kv_slots_used{executor,device}                           gauge
     nanochat_kv_slots_total{executor,device}                          gauge
     nanochat_executor_ready{executor,device}                          gauge (1 = serving)
+    nanochat_prefix_cache_queries_total{executor,device}              counter (prompt tokens looked up)
+    nanochat_prefix_cache_hits_total{executor,device}                 counter (of those, tokens reused)
+      vLLM's names; hit rate = rate(hits) / rate(queries). Requests that opt out with
+      cache_prompt: false are not counted.
 Engine steps (a listener on each executor, attached in on_engine_ready, called on its thread):
     nanochat_batch_size{executor}                                     histogram (rows per step)
     nanochat_step_duration_seconds{executor}                          histogram
@@ -53,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -135,7 +139,8 @@ class BoundedLabel:
 
 
 class ExecutorCollector(Collector):
-    """Per-executor gauges read from the router on every scrape (empty before the router exists)."""
+    """Per-executor gauges and engine counters read from the router on every scrape (empty
+    before the router exists)."""
 
     GAUGES: tuple[tuple[str, str, Callable[[DeviceExecutor], int]], ...] = (
         ("nanochat_num_requests_running", "Requests generating on this executor.", lambda e: e.running),
@@ -144,22 +149,31 @@ class ExecutorCollector(Collector):
         ("nanochat_kv_slots_total", "KV-cache slots (rows) of this executor.", lambda e: e.options.max_batch_size),
         ("nanochat_executor_ready", "1 when the executor serves requests.", lambda e: int(e.status == "ready")),
     )
+    COUNTERS = (
+        ("nanochat_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+         lambda e: e.counters.prefix_cache_queries),
+        ("nanochat_prefix_cache_hits", "Prompt tokens whose KV the prefix cache supplied.",
+         lambda e: e.counters.prefix_cache_hits),
+    )
 
     def __init__(self, plugin: Metrics):
         self.plugin = plugin
 
-    def _families(self) -> list[GaugeMetricFamily]:
-        return [GaugeMetricFamily(name, doc, labels=["executor", "device"]) for name, doc, _ in self.GAUGES]
+    def _families(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
+        labels = ["executor", "device"]
+        gauges: list[GaugeMetricFamily | CounterMetricFamily] = [
+            GaugeMetricFamily(name, doc, labels=labels) for name, doc, _ in self.GAUGES]
+        return gauges + [CounterMetricFamily(name, doc, labels=labels) for name, doc, _ in self.COUNTERS]
 
-    def describe(self) -> Iterable[GaugeMetricFamily]:
+    def describe(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         return self._families()
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         families = self._families()
         router = self.plugin.context.router
         for executor in router.executors if router is not None else ():
             labels = [executor.name, str(executor.device)]
-            for family, (_, _, read) in zip(families, self.GAUGES, strict=True):
+            for family, (_, _, read) in zip(families, self.GAUGES + self.COUNTERS, strict=True):
                 family.add_metric(labels, read(executor))
         yield from families
 

@@ -61,6 +61,23 @@ async def test_stats_describe_each_executor_and_the_model(start_gateway):
     assert body["running"] == 0 and body["waiting"] == 0 and body["plugins"] == ["stop_sequences"]
 
 
+async def test_stats_show_the_prefix_cache_hit_rate(start_gateway):
+    gateway = await start_gateway()
+    body = {"model": gateway.model_id, "max_tokens": 2, "temperature": 0,
+            "messages": [{"role": "user", "content": "a question long enough to be worth caching, twice"}]}
+    async with aiohttp.ClientSession() as session:
+        _, stats, _ = await get(session, f"{gateway.url}/stats")
+        assert stats["executors"][0]["prefix_cache"]["hit_rate"] is None  # nothing asked yet
+        for _ in range(2):
+            status, _, _ = await post_json(session, f"{gateway.base_url}/chat/completions", body)
+            assert status == 200
+        _, stats, _ = await get(session, f"{gateway.url}/stats")
+    cache = stats["executors"][0]["prefix_cache"]
+    prompt = cache["queried_tokens"] // 2
+    assert cache["enabled"] and cache["hit_tokens"] == prompt - 1 and cache["kept_slots"] >= 1
+    assert cache["hit_rate"] == round((prompt - 1) / (2 * prompt), 4)
+
+
 async def test_stats_show_running_and_waiting_requests(start_gateway):
     gateway = await start_gateway(**{"engine.max_batch_size": 1})
     tok = gateway.state.model.tokenizer

@@ -63,6 +63,9 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         "top_k": 0,
         "max_tokens": 512,
         "kv_cache_memory_fraction": 0.9,
+        "prefix_cache": True,
+        "prefix_cache_min_tokens": 16,
+        "prefix_cache_scope": "global",
     },
     "limits": {
         "max_messages": 500,

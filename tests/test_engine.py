@@ -113,7 +113,8 @@ async def test_n_choices_share_one_prefill_and_differ():
         params = SamplingParams(temperature=1.0, seed=5)
         single = (await collect(executor.submit(GenerationRequest(prompt, 15, params))))[0][0]
         before = executor.counters.tokens_prefilled
-        tokens, reasons, _ = await collect(executor.submit(GenerationRequest(prompt, 15, SamplingParams(1.0, seed=5), n=3)))
+        request = GenerationRequest(prompt, 15, SamplingParams(1.0, seed=5), n=3, use_prefix_cache=False)
+        tokens, reasons, _ = await collect(executor.submit(request))
         assert executor.counters.tokens_prefilled - before == len(prompt)  # one prefill for three choices
         assert tokens[0] == single  # choice 0 uses the request's own seed
         assert len({tuple(t) for t in tokens}) == 3 and reasons == ["length"] * 3

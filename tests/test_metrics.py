@@ -94,6 +94,19 @@ async def test_requests_tokens_and_latency_histograms(start_gateway):
     assert value(samples, "nanochat_executor_ready", executor="cpu0") == 1
 
 
+async def test_prefix_cache_queries_and_hits_count_prompt_tokens(start_gateway):
+    gateway = await start_gateway(**{"plugins.enabled": ["metrics"]})
+    long_message = [{"role": "user", "content": "tell me about the history of the city and its old harbour"}]
+    async with aiohttp.ClientSession() as session:
+        first = await chat(session, gateway.url, model=gateway.model_id, messages=long_message)
+        await chat(session, gateway.url, model=gateway.model_id, messages=long_message)
+        samples = await scrape(session, gateway.url)
+    prompt = first["usage"]["prompt_tokens"]
+    labels = {"executor": "cpu0", "device": "cpu"}
+    assert value(samples, "nanochat_prefix_cache_queries_total", **labels) == 2 * prompt
+    assert value(samples, "nanochat_prefix_cache_hits_total", **labels) == prompt - 1  # the second, all but one
+
+
 async def test_gauges_follow_held_streams_and_disconnects(start_gateway):
     gateway = await start_gateway(**{"plugins.enabled": ["metrics"], "engine.max_batch_size": 1})
     executor = gateway.state.router.executors[0]

@@ -511,6 +511,7 @@ def test_stream_usage_chunks() -> None:
         "prompt_tokens": 5,
         "completion_tokens": 2,
         "total_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 0},
     }
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nanochat_gateway.api import errors
-from nanochat_gateway.api.schemas import FinishReason, Usage
+from nanochat_gateway.api.schemas import FinishReason, PromptTokensDetails, Usage
 from nanochat_gateway.config import ServerSettings
 from nanochat_gateway.engine.detokenizer import IncrementalDetokenizer, ToolCallMode
 from nanochat_gateway.engine.grammar import Grammar
@@ -105,10 +105,12 @@ class GenerationRun:
                  tokenizer: NanochatTokenizer, stop_token_ids: frozenset[int], server: ServerSettings,
                  tool_calls: ToolCallMode, system_fingerprint: str,
                  in_flight: MutableSet[InFlightRun], grammar: Grammar | None = None,
-                 forced_call: ForcedCall | None = None, prompt_logprobs: int | None = None):
+                 forced_call: ForcedCall | None = None, prompt_logprobs: int | None = None,
+                 prefix_scope: str = ""):
         self.ctx = ctx
         self._grammar = grammar  # structured output the engine enforces, if any
         self.forced_call = forced_call  # a reply that is a tool call ends with "tool_calls"
+        self.prefix_scope = prefix_scope  # requests share cached prompt prefixes only within one scope
         self.system_fingerprint = system_fingerprint
         self.server = server
         self._router = router
@@ -150,7 +152,8 @@ class GenerationRun:
                     prompt_ids=prompt_ids, max_tokens=ctx.max_tokens, sampling=ctx.sampling, n=ctx.n,
                     request_id=ctx.request_id, stop_token_ids=self._stop_ids,
                     queue_timeout_s=self.server.queue_timeout_s, grammar=self._grammar,
-                    prompt_logprobs=self._prompt_logprobs,
+                    prompt_logprobs=self._prompt_logprobs, use_prefix_cache=ctx.body.cache_prompt,
+                    prefix_scope=self.prefix_scope,
                 )))
         except EngineError as exc:
             for stream in streams:  # all of the batch or none of it
@@ -175,8 +178,10 @@ class GenerationRun:
     def usage(self) -> Usage:
         """OpenAI usage, counted from the token ids the engine produced (all prompts together)."""
         completion = self.total_completion_tokens
+        cached = sum(s.cached_tokens for s in self._group.streams) if self._group is not None else 0
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
-                     total_tokens=self.prompt_tokens + completion)
+                     total_tokens=self.prompt_tokens + completion,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
 
     # --------------------------------------------------------------- outputs
     async def outputs(self) -> AsyncIterator[list[ChoiceOutput]]:

@@ -71,6 +71,7 @@ async def prepare_run(request: web.Request, body_type: type[Body]) -> tuple[Gene
         stop_token_ids=frozenset({tokenizer.assistant_end, tokenizer.bos_id}), server=settings.server,
         tool_calls=settings.model.tool_calls, system_fingerprint=system_fingerprint(loaded),
         in_flight=state.active_generations, grammar=grammar, forced_call=forced, prompt_logprobs=prompt_logprobs,
+        prefix_scope=prefix_scope(ctx, settings.engine),
     )
     await run.start()
     return run, body
@@ -159,6 +160,12 @@ def sampling_params(body: GenerationBody, engine: EngineSettings, vocab_size: in
         logprobs=body.wants_logprobs,
         top_logprobs=body.top_logprobs_count,
     )
+
+
+def prefix_scope(ctx: GenerationContext, engine: EngineSettings) -> str:
+    """Who may reuse this request's cached prompt prefixes: everyone (""), or with
+    prefix_cache_scope = "key" only requests made with the same API key name."""
+    return f"key:{ctx.key_name}" if engine.prefix_cache_scope == "key" and ctx.key_name else ""
 
 
 def system_fingerprint(loaded: LoadedModel) -> str:

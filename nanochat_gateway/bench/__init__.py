@@ -6,6 +6,7 @@ Modes:
   --suite        everything the performance targets compare, in one run, with ratios
   --structured   batch-B decode with every row JSON-schema-constrained versus none, and
                  the token mask's own cost per step
+  --multiturn    conversations of several turns, prefix cache on and off, in one run
   --golden DIR   bf16-versus-fp32 greedy agreement on golden checkpoints
 
 Every mode prints a table and ends with one JSON line.
@@ -36,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gen-tokens", type=int, default=96, help="engine-only tokens per row")
     parser.add_argument("--suite", action="store_true")
     parser.add_argument("--structured", action="store_true", help="structured output (schema-constrained) decode cost")
+    parser.add_argument("--multiturn", action="store_true",
+                        help="--concurrency conversations of --turns turns, --max-tokens reply tokens each")
+    parser.add_argument("--turns", type=int, default=6, help="multiturn: turns per conversation")
+    parser.add_argument("--turn-words", type=int, default=150, help="multiturn: words of each new user message")
     parser.add_argument("--golden", type=Path, default=None)
 
 
@@ -69,6 +74,10 @@ def main(args: argparse.Namespace) -> int:
         from nanochat_gateway.bench.structured import run_structured
 
         result = asyncio.run(run_structured(model, args))
+    elif args.multiturn:
+        from nanochat_gateway.bench.multiturn import run_multiturn
+
+        result = asyncio.run(run_multiturn(model, args))
     elif args.engine_only:
         from nanochat_gateway.bench.suite import run_engine_only
 

@@ -31,6 +31,9 @@ class RequestTiming:
     chunk_times: list[float] = field(default_factory=list)
     end: float = 0.0
     completion_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, when reported
+    text: str = ""  # the reply, for a client that sends it back in the next turn
     ok: bool = False
     error: str | None = None
 
@@ -107,10 +110,12 @@ async def _one_request(session: aiohttp.ClientSession, url: str, body: dict[str,
                     timing.error = event["error"].get("message")
                     break
                 now = time.perf_counter()
-                if event.get("usage"):
-                    timing.completion_tokens = event["usage"]["completion_tokens"]
+                if usage := event.get("usage"):
+                    timing.completion_tokens, timing.prompt_tokens = usage["completion_tokens"], usage["prompt_tokens"]
+                    timing.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
                 for choice in event.get("choices", []):
-                    if choice.get("delta", {}).get("content"):
+                    if content := choice.get("delta", {}).get("content"):
+                        timing.text += content
                         timing.chunk_times.append(now)
                         if timing.first_token is None:
                             timing.first_token = now

@@ -23,7 +23,7 @@ import torch
 from nanochat_gateway.engine.options import ExecutorOptions, StepCounters, StepHooks
 from nanochat_gateway.engine.request import EngineError, GenerationRequest
 from nanochat_gateway.engine.scheduler import BatchScheduler, Cancel, Command, Outbox, Stop, Submit
-from nanochat_gateway.engine.stream import ADMITTED, RequestStream
+from nanochat_gateway.engine.stream import Admitted, RequestStream
 from nanochat_gateway.model.loader import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,16 @@ class DeviceExecutor:
             "running": self.running, "waiting": self.waiting, "slots_used": self.slots_used,
             "slots_total": self.options.max_batch_size, "steps": self.counters.steps,
             "tokens_prefilled": self.counters.tokens_prefilled, "tokens_decoded": self.counters.tokens_decoded,
+            "prefix_cache": self._describe_prefix_cache(),
+        }
+
+    def _describe_prefix_cache(self) -> dict[str, Any]:
+        counters, rate = self.counters, self.counters.prefix_cache_hit_rate
+        return {
+            "enabled": self.options.prefix_cache, "min_tokens": self.options.prefix_cache_min_tokens,
+            "kept_slots": self.scheduler.prefix.kept_slots if self.scheduler is not None else 0,
+            "queried_tokens": counters.prefix_cache_queries, "hit_tokens": counters.prefix_cache_hits,
+            "hit_rate": round(rate, 4) if rate is not None else None,
         }
 
     # ------------------------------------------------------ requests (loop)
@@ -139,7 +149,7 @@ class DeviceExecutor:
 
     def _deliver(self, outbox: Outbox) -> None:
         for stream, items in outbox.items():
-            if stream in self._waiting and ADMITTED in items:
+            if stream in self._waiting and any(isinstance(item, Admitted) for item in items):
                 del self._waiting[stream]
                 self._running_rows += stream.request.n
             stream.push(items)

@@ -1,9 +1,9 @@
 """SlotKVCache: a preallocated KV cache of fixed slots, one per running sequence.
 
-Layout (n_layer, n_slots, n_kv_head, max_seq_len, head_dim): for one layer, the slots
-[0, n) form a strided view that batched decode attention reads without a gather. The
-executor keeps running sequences in the lowest slots (``move`` compacts them) so that
-view covers few idle slots.
+Layout (n_layer, n_slots, n_kv_head, max_seq_len, head_dim): for one layer, a range of
+slots forms a strided view that batched decode attention reads without a gather. A
+sequence stays in its slot from admission to the end, and its KV stays there after it
+finishes, for a later prompt with the same prefix to reuse (prefix_cache.py).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class SlotKVCache:
         return self.k.nbytes + self.v.nbytes + extra
 
     def copy(self, src: int, dst: int, length: int) -> None:
-        """Copy the first `length` positions of slot src into slot dst (n > 1 forks, compaction)."""
+        """Copy the first `length` positions of slot src into slot dst (n > 1 forks, a reused prefix)."""
         if src == dst:
             return
         self.k[:, dst, :, :length] = self.k[:, src, :, :length]

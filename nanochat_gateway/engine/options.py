@@ -21,6 +21,8 @@ class ExecutorOptions:
     admit_window_ms: float = 3.0
     kv_cache_memory_fraction: float = 0.9
     calculator: bool = True
+    prefix_cache: bool = True  # finished rows keep their KV for later prompts with the same prefix
+    prefix_cache_min_tokens: int = 16  # shorter matches are not worth reusing
 
 
 @dataclass(slots=True)
@@ -51,6 +53,12 @@ class StepCounters:
     tokens_prefilled: int = 0
     tokens_decoded: int = 0
     grammar_mask_seconds: float = 0.0  # spent applying structured-output masks to logits
+    prefix_cache_queries: int = 0  # prompt tokens of requests that looked for a kept prefix
+    prefix_cache_hits: int = 0  # of those, tokens whose KV was reused instead of prefilled
+
+    @property
+    def prefix_cache_hit_rate(self) -> float | None:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else None
 
 
 def check_kv_fits(device: torch.device, options: ExecutorOptions, max_seq_len: int, per_token: int) -> None:

@@ -51,6 +51,8 @@ class GenerationRequest:
     # None: no prompt logprobs; k >= 0: every prompt token after the first gets its log
     # probability and the k most likely alternatives at its position (for scoring).
     prompt_logprobs: int | None = None
+    use_prefix_cache: bool = True  # False: prefill the whole prompt, whatever KV is kept
+    prefix_scope: str = ""  # kept prefixes are shared only between requests of one scope
 
 
 @dataclass(slots=True)

@@ -42,7 +42,7 @@ class Row:
     slot: int
     sampler: RowSampler
     feed: list[int]  # tokens to run through the model next: prompt chunks, or the last token
-    pos: int = 0  # tokens already in the KV cache
+    kv_tokens: list[int] = field(default_factory=list)  # tokens whose K/V the slot holds, in order
     generated: int = 0
     finished: bool = False
     forks: list[Row] = field(default_factory=list)  # n > 1 siblings waiting for this prefill
@@ -53,16 +53,25 @@ class Row:
     # for them (only the choice that prefills the prompt gathers them).
     prompt_logprobs: list[TokenLogprob] | None = None
 
+    @property
+    def pos(self) -> int:
+        """Tokens already in the KV cache (the position of the next token fed)."""
+        return len(self.kv_tokens)
+
     @classmethod
-    def create(cls, job: Job, choice: int, slot: int, device: torch.device) -> Row:
+    def create(cls, job: Job, choice: int, slot: int, device: torch.device, reused: int = 0) -> Row:
+        """A row for choice `choice`; choice 0 starts with the prompt's first `reused` tokens
+        already in its slot's KV and feeds the rest (the other choices fork from it)."""
         sampling = job.request.sampling
         # Choice i of a seeded request uses seed + i, so choice 0 equals the same request with n=1.
         sampler = RowSampler(sampling, sampling.resolved_seed() + choice, device)
-        feed = list(job.request.prompt_ids) if choice == 0 else []
+        prompt = job.request.prompt_ids
         grammar = RowGrammar(job.request.grammar) if job.request.grammar is not None else None
         scored: list[TokenLogprob] | None = [] if choice == 0 and job.request.prompt_logprobs is not None else None
-        return cls(job=job, choice=choice, slot=slot, sampler=sampler, feed=feed, grammar=grammar,
-                   prompt_logprobs=scored)
+        if choice:
+            return cls(job=job, choice=choice, slot=slot, sampler=sampler, feed=[], grammar=grammar)
+        return cls(job=job, choice=choice, slot=slot, sampler=sampler, feed=list(prompt[reused:]),
+                   kv_tokens=list(prompt[:reused]), grammar=grammar, prompt_logprobs=scored)
 
 
 class RowTools:

@@ -2,12 +2,14 @@
 
 Each iteration of ``serve_once``:
   1. take commands from the inbox (new requests, cancellations), expire queued ones;
-  2. admit waiting requests into free KV slots (FIFO; a request with n choices takes n);
+  2. admit waiting requests into free KV slots (FIFO; a request with n choices takes n),
+     reusing the KV a finished row left behind when it shares a prefix with the prompt
+     (prefix_cache.py), so only the rest of the prompt is prefilled;
   3. run one packed step: a decode token for every running row plus prompt chunks of
      newly admitted requests, within a budget of prefill_chunk_tokens;
   4. mask the logits of rows with a structured-output grammar, pick each row's next token
      with its own sampler, run the calculator tool, check stop conditions (a grammar that
-     is complete ends its row), free finished rows (their slots are reused next iteration);
+     is complete ends its row), free finished rows (their slots keep their KV for later prompts);
   5. publish the step's token events to the event loop in one call.
 
 Only this thread touches the model and the cache. A failing step fails the requests in
@@ -27,6 +29,7 @@ import torch
 
 from nanochat_gateway.engine.kv_cache import SlotKVCache
 from nanochat_gateway.engine.options import ExecutorOptions, StepCounters, StepHooks, StepInfo, check_kv_fits
+from nanochat_gateway.engine.prefix_cache import PrefixCache
 from nanochat_gateway.engine.request import (
     ChoiceDelta,
     EngineError,
@@ -36,7 +39,7 @@ from nanochat_gateway.engine.request import (
 )
 from nanochat_gateway.engine.rows import Job, Row, RowTools
 from nanochat_gateway.engine.sampling import prompt_logprob_entries, select_tokens
-from nanochat_gateway.engine.stream import ADMITTED, RequestStream, StreamItem
+from nanochat_gateway.engine.stream import Admitted, RequestStream, StreamItem
 from nanochat_gateway.engine.token_mask import TokenMasker
 from nanochat_gateway.model.device import kv_cache_dtype
 from nanochat_gateway.model.loader import LoadedModel
@@ -83,6 +86,7 @@ class BatchScheduler:
                                  smear=loaded.spec.smear)
         self._tools = RowTools(loaded.tokenizer, calculator=options.calculator)
         self._masker = TokenMasker(config.vocab_size, threads=torch.get_num_threads())
+        self.prefix = PrefixCache(n_slots, enabled=options.prefix_cache, min_tokens=options.prefix_cache_min_tokens)
         self._queue: deque[Job] = deque()
         self._slot_rows: list[Row | None] = [None] * n_slots
         self._outbox: Outbox = {}
@@ -177,22 +181,43 @@ class BatchScheduler:
         for row in list(self._slot_rows):
             if row is not None and row.job.stream is stream and (choice is None or row.choice == choice):
                 self._finish_row(row, "cancelled")
-        self._compact()
+        self._release_finished()
 
     def _admit(self) -> None:
         while self._queue:
             job = self._queue[0]
-            n = job.request.n
-            free = self.options.max_batch_size - self.slots_used
-            if n > free:
+            free = [slot for slot, row in enumerate(self._slot_rows) if row is None]
+            if job.request.n > len(free):
                 return
             self._queue.popleft()
-            first = self.slots_used
-            job.rows = [Row.create(job, i, first + i, self.device) for i in range(n)]
-            job.rows[0].forks = job.rows[1:]
-            for row in job.rows:
-                self._slot_rows[row.slot] = row
-            self._emit(job.stream, ADMITTED)
+            reused = self._seat(job, free)
+            self._emit(job.stream, Admitted(cached_tokens=reused))
+
+    def _seat(self, job: Job, free: list[int]) -> int:
+        """Put a job's rows into free slots, the first one reusing kept KV of a prefix of its
+        prompt when there is some; returns how many prompt tokens are reused."""
+        request, prefix = job.request, self.prefix
+        prompt = request.prompt_ids
+        # Scoring a prompt needs logits at every one of its positions: it is prefilled whole.
+        lookup = request.use_prefix_cache and request.prompt_logprobs is None and request.max_tokens > 0
+        seat = prefix.seat(prompt, request.prefix_scope, free, lookup=lookup)
+        if prefix.enabled and lookup:
+            self._counters.prefix_cache_queries += len(prompt)
+            self._counters.prefix_cache_hits += seat.reused
+        slots = [seat.slot]
+        for _ in range(request.n - 1):  # forks get a copy of the prompt's KV once it is prefilled
+            slots.append(prefix.evictable([s for s in free if s not in slots]))
+        if seat.needs_copy:
+            assert seat.source is not None
+            self.cache.copy(seat.source, seat.slot, seat.reused)
+        if seat.reused:
+            self.loaded.model.resume_slot(self.cache, seat.slot, prompt[seat.reused - 1])
+        job.rows = [Row.create(job, i, slot, self.device, seat.reused) for i, slot in enumerate(slots)]
+        job.rows[0].forks = job.rows[1:]
+        for row in job.rows:
+            prefix.forget(row.slot)
+            self._slot_rows[row.slot] = row
+        return seat.reused
 
     # ------------------------------------------------------------------ step
     def _step(self) -> None:
@@ -243,10 +268,10 @@ class BatchScheduler:
             log.exception("executor %s: prompt scoring failed", self.name)
             self._fail_jobs({chunks[i][0].job for i in scored}, "scoring the prompt failed")
         for row in decode:
-            row.pos += 1
+            row.kv_tokens += row.feed
             row.feed = []
         for row, take in chunks:
-            row.pos += take
+            row.kv_tokens += row.feed[:take]
             row.feed = row.feed[take:]
             if not row.feed and row.job.request.max_tokens == 0 and not row.finished:
                 self._finish_row(row, "length")  # the prompt alone was asked for
@@ -256,8 +281,10 @@ class BatchScheduler:
             log.exception("executor %s: sampling failed", self.name)
             self._fail_jobs({r.job for r in decode + completes}, "sampling failed")
         seconds = time.perf_counter() - start
-        self._record(len(order), sum(t for _, t in chunks), len(decode), seconds)
-        self._compact()
+        # a prompt whose last token alone was left to feed runs as a decode row; it is still prefill
+        prompt_tails = sum(r.generated == 0 for r in decode)
+        self._record(len(order), sum(t for _, t in chunks) + prompt_tails, len(decode) - prompt_tails, seconds)
+        self._release_finished()
 
     def _score_prompts(self, chunks: list[tuple[Row, int]], logits: torch.Tensor) -> None:
         """Add each scored chunk's prompt-token log probabilities to its row (before the rows
@@ -285,7 +312,7 @@ class BatchScheduler:
             if row.forks:
                 for fork in row.forks:
                     self.cache.copy(row.slot, fork.slot, row.pos)
-                    fork.pos = row.pos
+                    fork.kv_tokens = list(row.kv_tokens)
                 group += row.forks
                 row.forks = []
             sample_rows += group
@@ -344,22 +371,18 @@ class BatchScheduler:
         for job in jobs:
             self._emit(job.stream, EngineError("internal", message))
             for row in job.rows:
-                row.feed, row.finished, row.forks = [], True, []
-        self._compact()
+                # what a failed step left in the slot is not trusted for reuse
+                row.feed, row.finished, row.forks, row.kv_tokens = [], True, [], []
+        self._release_finished()
 
-    def _compact(self) -> None:
-        """Free finished rows' slots, moving the highest running rows into the holes so
-        running rows always occupy slots [0, n): batched decode attention then reads a
-        dense prefix of the cache."""
-        used = [r for r in self._slot_rows if r is not None and not r.finished]
-        if len(used) == self.slots_used:
-            return
-        used.sort(key=lambda r: r.slot)
-        for target, row in enumerate(used):
-            if row.slot != target:
-                self.cache.copy(row.slot, target, row.pos)
-                row.slot = target
-        self._slot_rows = [*used, *[None] * (len(self._slot_rows) - len(used))]
+    def _release_finished(self) -> None:
+        """Free finished rows' slots. Rows never move: each freed slot keeps its KV and the
+        tokens behind it for a later prompt with the same prefix, and running rows' KV
+        stays where it is (decode attention groups the rows by slot ranges around holes)."""
+        for slot, row in enumerate(self._slot_rows):
+            if row is not None and row.finished:
+                self._slot_rows[slot] = None
+                self.prefix.keep(slot, row.kv_tokens, row.job.request.prefix_scope)
 
     def _record(self, batch_size: int, prefill: int, decode: int, seconds: float) -> None:
         counters = self._counters

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from nanochat_gateway.engine.request import (
     ChoiceDelta,
@@ -22,11 +23,14 @@ from nanochat_gateway.engine.request import (
 )
 
 
+@dataclass(frozen=True, slots=True)
 class Admitted:
-    """Marker item: the request left the queue and holds KV slots."""
+    """The request left the queue and holds KV slots; `cached_tokens` of its prompt reuse
+    kept KV and are not prefilled again."""
+
+    cached_tokens: int = 0
 
 
-ADMITTED = Admitted()
 StreamItem = ChoiceDelta | PromptLogprobs | EngineError | Admitted
 
 
@@ -42,6 +46,7 @@ class RequestStream:
         self._waiter: asyncio.Future[None] | None = None
         self._open_choices = set(range(request.n))
         self.admitted = False
+        self.cached_tokens = 0  # prompt tokens whose KV was reused (known once admitted)
         self.error: EngineError | None = None
         self.completion_tokens = [0] * request.n
         self.finish_reasons: list[FinishReason | None] = [None] * request.n
@@ -87,8 +92,8 @@ class RequestStream:
             elif isinstance(item, EngineError):
                 self.error = item
                 self._open_choices.clear()
-            elif item is ADMITTED:
-                self.admitted, self.admitted_at = True, now
+            elif isinstance(item, Admitted):
+                self.admitted, self.admitted_at, self.cached_tokens = True, now, item.cached_tokens
         self._items.extend(items)
         if not self._open_choices:
             self._finish(now)

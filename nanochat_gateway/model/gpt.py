@@ -10,6 +10,8 @@ Notable features:
     packed into one (N, C) activation so the linear layers see a single matmul)
 - sliding windows, value embeddings and smear state are tracked per row, so a row's
   logits do not depend on what else shares the step
+- a slot can continue after a reused KV prefix (``resume_slot``): keys and values of a
+  prefix depend on that prefix alone, and smear's state is recomputed from its last token
 - weights are stored in the serving dtype once; nothing is cast per forward
 """
 
@@ -291,6 +293,18 @@ class GPT(nn.Module):
             last = batch.segment_last
             cache.prev_embed[batch.slots[last]] = e[last].to(cache.prev_embed.dtype)
         return self._logits(x[batch.logit_index])
+
+    def resume_slot(self, cache: KVStore, slot: int, last_kept_token: int) -> None:
+        """Make a slot whose first positions hold a reused prefix ready to continue after it.
+
+        Keys and values of a prefix depend only on that prefix, so they stay valid as they
+        are. The one other per-slot state, smear's previous embedding, belongs to whatever
+        the slot fed last; the next token needs the embedding of the prefix's last token,
+        which is a function of that token id alone.
+        """
+        if cache.prev_embed is not None:
+            token = torch.tensor([last_kept_token], device=cache.prev_embed.device)
+            cache.prev_embed[slot] = self._embed(token)[0].to(cache.prev_embed.dtype)
 
     @staticmethod
     def _kv_rows(batch: StepBatch, kc: torch.Tensor) -> torch.Tensor:

@@ -150,7 +150,7 @@ class GenerationBody(RequestModel):
     """What chat and legacy completion bodies share: the fields (declared before any field that
     depends on them) and the questions the prepare step asks of either."""
 
-    null_means_default: ClassVar[frozenset[str]] = frozenset({"n", "stream"})
+    null_means_default: ClassVar[frozenset[str]] = frozenset({"n", "stream", "cache_prompt"})
     endpoint: ClassVar[str]  # "chat.completions" or "completions", as plugins and metrics name it
     prompt_param: ClassVar[str]  # the field that holds the prompt, named by context-length errors
 
@@ -184,6 +184,11 @@ class GenerationBody(RequestModel):
         Field(description="text (default), json_object, or json_schema; enforced while decoding. "
               "An extension on /v1/completions."),
     ] = None
+    cache_prompt: Annotated[
+        bool,
+        Field(description="Extension (llama.cpp's name): false processes the whole prompt instead of reusing "
+                          "the KV of a prefix an earlier request computed."),
+    ] = True
 
     @field_validator("logit_bias")
     @classmethod

@@ -16,12 +16,20 @@ from pydantic import BaseModel, Field
 # completed forced tool call.
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
 
+class PromptTokensDetails(BaseModel):
+    """What the prompt tokens were made of."""
+
+    cached_tokens: int = Field(0, description="Prompt tokens whose KV was reused from an earlier request "
+                                              "(prefix caching) instead of being processed again.")
+
+
 class Usage(BaseModel):
     """Token counts for one request (summed over all choices)."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
 class TopLogprob(BaseModel):
