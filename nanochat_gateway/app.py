@@ -148,7 +148,7 @@ async def _bring_up(state: GatewayState) -> None:
         loaded = state.model
         assert loaded is not None  # every executor is ready
         log.info("phase=ready model=%s generation=%s dtype=%s executors=%d seconds=%.2f%s", state.model_id,
-                 loaded.architecture, str(loaded.dtype).removeprefix("torch."), len(executors),
+                 loaded.architecture, loaded.precision, len(executors),
                  time.time() - state.started_at,
                  " DEMO MODEL WITH RANDOM WEIGHTS" if (loaded.is_demo or resolved.is_demo) else "")
     except asyncio.CancelledError:
@@ -208,7 +208,7 @@ class SharedLoader:
                 loaded = load_model(
                     self.resolved.local_path, device=device, dtype=m.dtype, architecture=m.generation,
                     softcap=m.softcap, checkpoint_kind=m.checkpoint_kind, tag=m.tag or None, step=m.step,
-                    rotary_len=e.max_seq_len or None,
+                    rotary_len=e.max_seq_len or None, quantize=m.quantize,
                 )
                 loaded.source = self.resolved.source
                 loaded.is_demo = loaded.is_demo or self.resolved.is_demo

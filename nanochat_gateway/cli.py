@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     start = time.monotonic()
     overrides = {k: v for k, v in {
         "server.host": args.host, "server.port": args.port, "model.source": args.model,
+        "model.quantize": args.quantize,
     }.items() if v is not None}
     try:
         settings = load_settings(args.config, overrides=overrides)
@@ -55,7 +56,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
         loaded = load_model(args.source, dtype=args.dtype, architecture=args.generation, checkpoint_kind=args.kind,
-                            tag=args.tag, step=args.step)
+                            tag=args.tag, step=args.step, quantize=args.quantize)
     except (CheckpointError, TokenizerError, ValueError) as exc:
         return _fail(str(exc), 1)
     facts = loaded.describe()
@@ -72,6 +73,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("vocab", c["vocab_size"]), ("sequence_len", c["sequence_len"]),
         ("window pattern", f"{c['window_pattern']} -> {facts['windows']}"), ("softcap", facts["softcap"]),
         ("parameters", f"{facts['parameters']:,}"), ("dtype", f"{facts['dtype']} ({facts['dtype_reason']})"),
+        ("precision", _describe_precision(facts)),
+        ("weights in memory", f"{facts['weight_bytes'] / 2**20:,.1f} MiB as loaded; "
+                              + ", ".join(f"{name} {size / 2**20:,.1f} MiB"
+                                          for name, size in facts["weight_bytes_by_precision"].items())),
         ("KV cache per token", f"{facts['kv_cache_bytes_per_token']:,} bytes"),
         ("KV cache per slot", f"{facts['kv_cache_bytes_per_token'] * c['sequence_len'] / 2**20:,.1f} MiB "
                               f"at sequence_len"),
@@ -81,6 +86,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _describe_precision(facts: dict) -> str:
+    if facts["quantize"] == "none":
+        return facts["dtype"]
+    return (f"{facts['precision']} ({facts['quantize']} attention, MLP and lm_head weights, "
+            f"{facts['embedding_dtype']} embeddings, {facts['dtype']} activations)")
 
 
 # --------------------------------------------------------------------- download
@@ -138,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--model", help="override [model] source")
+    serve.add_argument("--quantize", choices=["none", "int8"], help="override [model] quantize (int8: CPU only)")
     serve.set_defaults(func=cmd_serve)
 
     def add_source_args(p: argparse.ArgumentParser) -> None:
@@ -150,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_source_args(inspect)
     inspect.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                          help="default: auto, what `serve` picks on this machine (and why)")
+    inspect.add_argument("--quantize", default="none", choices=["none", "int8"],
+                         help="int8: load with int8 linear layers, as [model] quantize = \"int8\" serves")
     inspect.add_argument("--generation", default="auto")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=cmd_inspect)

@@ -18,6 +18,7 @@ from nanochat_gateway.config_errors import (
     ConfigError,
     KeyPath,
     did_you_mean,
+    key_problem,
     model_of,
     resolve,
     validation_problems,
@@ -86,6 +87,7 @@ class ModelSettings(BaseModel):
     generation: Literal["auto", "2025-10", "2025-12", "2026-01", "2026-03", "2026-07"] = "auto"
     softcap: float | None = Field(None, gt=0, description="override the logit softcap")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    quantize: Literal["none", "int8"] = Field("none", description="int8: int8 linear layers on the CPU")
     demo_dir: str = Field("", description="where the demo model is written; '' = a per-user cache dir")
     tool_calls: Literal["inline", "hidden", "raw"] = "inline"
     calculator: bool = True
@@ -277,9 +279,21 @@ def load_settings(
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         problems += validation_problems(exc, Settings, source=label, raw=raw, sources=sources)
+    else:
+        problems += _cross_table_problems(settings, sources, label)
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _cross_table_problems(settings: Settings, sources: Mapping[KeyPath, str], label: str) -> list[str]:
+    """Problems that involve keys of two tables, which no single table's validation can see."""
+    devices = settings.engine.devices
+    if settings.model.quantize == "int8" and devices != "auto" and (others := [d for d in devices if d != "cpu"]):
+        return [key_problem(("model", "quantize"), sources, label,
+                            f"'int8' runs on the CPU only, but [engine] devices lists {', '.join(others)}; "
+                            'set devices = ["cpu"], or quantize = "none" (bf16 is fast on GPUs)')]
+    return []
 
 
 def parse_value(text: str) -> Any:

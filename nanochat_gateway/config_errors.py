@@ -132,6 +132,11 @@ def _lookup(raw: Mapping[str, Any], path: KeyPath) -> Any:
     return value
 
 
+def key_problem(path: KeyPath, sources: Mapping[KeyPath, str], default: str, message: str) -> str:
+    """One problem line for the key at ``path``: where it was set, its name, then ``message``."""
+    return f"{_source_of(path, sources, default)}: {_key_name(path)}: {message}"
+
+
 def _source_of(path: KeyPath, sources: Mapping[KeyPath, str], default: str) -> str:
     for length in range(len(path), 0, -1):
         if path[:length] in sources:

@@ -44,7 +44,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         "step": None,
         "generation": "auto",
         "softcap": None,
-        "dtype": "auto",
+        "dtype": "auto", "quantize": "none",
         "demo_dir": "",
         "tool_calls": "inline",
         "calculator": True,

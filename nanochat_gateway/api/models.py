@@ -19,6 +19,7 @@ def _model_object(state: GatewayState, model_id: str) -> Model:
         id=model_id, created=int(state.started_at), owned_by=OWNER, demo=demo,
         description="DEMO MODEL with random weights: output is gibberish" if demo else None,
         generation=loaded.architecture if loaded is not None else None,
+        quantization=loaded.quantize if loaded is not None else None,
         max_model_len=state.router.executors[0].max_seq_len if loaded is not None and state.router else None,
     )
 

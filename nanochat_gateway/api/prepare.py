@@ -169,5 +169,6 @@ def prefix_scope(ctx: GenerationContext, engine: EngineSettings) -> str:
 
 
 def system_fingerprint(loaded: LoadedModel) -> str:
-    """Changes whenever the weights or their numerics do: architecture, step and dtype."""
-    return f"fp_{loaded.architecture}_{loaded.files.step}_{str(loaded.dtype).removeprefix('torch.')}"
+    """Changes whenever the weights or their numerics do: architecture, step and precision
+    (the dtype, or e.g. "int8-bfloat16" when the linear layers are int8)."""
+    return f"fp_{loaded.architecture}_{loaded.files.step}_{loaded.precision}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import resource
 import time
 from typing import Any
 
@@ -22,6 +23,19 @@ from nanochat_gateway.engine.options import ExecutorOptions, StepInfo
 from nanochat_gateway.engine.request import ChoiceDelta, EngineError, GenerationRequest, SamplingParams
 from nanochat_gateway.engine.stream import RequestStream
 from nanochat_gateway.model.loader import load_model
+
+# What --dtype and --precisions accept: name -> ([model] dtype, [model] quantize)
+PRECISIONS = {
+    "float32": ("float32", "none"), "bfloat16": ("bfloat16", "none"), "float16": ("float16", "none"),
+    "auto": ("auto", "none"), "int8": ("auto", "int8"), "int8-float32": ("float32", "int8"),
+}
+
+
+def precision_settings(name: str) -> tuple[str, str]:
+    """(dtype, quantize) for a precision name such as "bfloat16" or "int8"."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}: use one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[name]
 
 
 def prompt_lengths(batch: int, mean: int, layout: str, seed: int = 0) -> list[int]:
@@ -51,11 +65,13 @@ async def _drain(stream: RequestStream) -> int:
 
 async def decode_throughput(source: str, *, dtype: str, batch: int, layout: str = "same", prompt_len: int = 300,
                             gen_tokens: int = 64, threads: int = 0, seed: int = 0, temperature: float = 0.0,
-                            schema: dict[str, Any] | None = None) -> dict[str, Any]:
+                            schema: dict[str, Any] | None = None, quantize: str = "none") -> dict[str, Any]:
     """Tokens/s of full-batch decode steps for `batch` rows of independent requests.
 
     Rows sample with ``temperature`` (seeded per row); with ``schema`` every row's output is
-    constrained to it, as a ``json_schema`` response format does.
+    constrained to it, as a ``json_schema`` response format does. peak_rss_bytes is this
+    process's peak resident memory so far: a fair figure for the model only when the process
+    loaded nothing else (the --precisions mode runs each alone).
 
     The model is loaded by the executor's own thread, as the server does: torch work done
     on another thread first would leave a second OpenMP pool behind that slows the steps.
@@ -63,7 +79,8 @@ async def decode_throughput(source: str, *, dtype: str, batch: int, layout: str 
     options = ExecutorOptions(max_batch_size=batch, prefill_chunk_tokens=max(256, prompt_len * 2),
                               cpu_threads=threads or (os.cpu_count() or 1), admit_window_ms=20.0)
     device = torch.device("cpu")
-    executor = DeviceExecutor("bench", device, lambda d: load_model(source, device=d, dtype=dtype), options)
+    executor = DeviceExecutor("bench", device, lambda d: load_model(source, device=d, dtype=dtype, quantize=quantize),
+                              options)
     steps: list[tuple[float, StepInfo]] = []
     executor.hooks.listeners.append(lambda info: steps.append((time.perf_counter(), info)))
     executor.start(asyncio.get_running_loop())
@@ -99,6 +116,7 @@ async def decode_throughput(source: str, *, dtype: str, batch: int, layout: str 
     seconds = full[-1] - full[0]
     return {
         "batch": batch, "layout": layout, "dtype": str(loaded.dtype).removeprefix("torch."),
+        "precision": loaded.precision, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "threads": options.cpu_threads, "decode_steps": len(full) - 1,
         "tokens_per_s": batch * (len(full) - 1) / seconds, "step_ms": 1000 * seconds / (len(full) - 1),
         "tokens_generated": produced,

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from nanochat_gateway.bench.engine import decode_throughput
+from nanochat_gateway.bench.engine import decode_throughput, precision_settings
 from nanochat_gateway.bench.http import drive, running_server
 from nanochat_gateway.bench.report import print_table
 from nanochat_gateway.model.loader import load_model
@@ -24,12 +24,13 @@ def _special_ids(model: str) -> list[int]:
 
 async def run_engine_only(model: str, args: argparse.Namespace) -> dict[str, Any]:
     results = []
-    for dtype in args.dtype.split(","):
+    for name in args.dtype.split(","):
+        dtype, quantize = precision_settings(name)
         for layout in args.layout.split(","):
             r = await decode_throughput(model, dtype=dtype, batch=args.batch, layout=layout, prompt_len=args.prompt_len,
-                                        gen_tokens=args.gen_tokens, threads=args.threads)
+                                        gen_tokens=args.gen_tokens, threads=args.threads, quantize=quantize)
             results.append(r)
-            print_table(f"engine-only decode, batch {args.batch}, {layout} positions, {r['dtype']}", [
+            print_table(f"engine-only decode, batch {args.batch}, {layout} positions, {r['precision']}", [
                 ("tokens/s", r["tokens_per_s"]), ("ms/step", r["step_ms"]), ("steps timed", r["decode_steps"]),
             ])
     return {"mode": "engine-only", "results": results}

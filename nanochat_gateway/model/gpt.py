@@ -12,7 +12,9 @@ Notable features:
   logits do not depend on what else shares the step
 - a slot can continue after a reused KV prefix (``resume_slot``): keys and values of a
   prefix depend on that prefix alone, and smear's state is recomputed from its last token
-- weights are stored in the serving dtype once; nothing is cast per forward
+- weights are stored in the serving dtype once; nothing is cast per forward, except
+  looked-up embedding rows when the tables are stored narrower than the compute dtype
+  (int8 serving keeps them in bf16 and computes in float32)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 
 from nanochat_gateway.model.architectures import ArchitectureSpec
 from nanochat_gateway.model.attention import StepAttention, window_mask
+from nanochat_gateway.model.quantize import Int8Linear
 from nanochat_gateway.model.step import StepBatch
 
 
@@ -181,13 +184,14 @@ class GPT(nn.Module):
             self.backout_lambda = nn.Parameter(torch.zeros(1))
         self.windows = spec.window_sizes(n_layer, config.sequence_len, config.window_pattern)
         self.rotary_len = max(rotary_len or 0, config.sequence_len)
+        self.compute_dtype = torch.float32  # activations; the loader sets it with the weights
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
 
     # ------------------------------------------------------------------ set-up
     def init_rotary(self) -> None:
-        """Build the rotary tables on the weights' device, in the weights' dtype."""
-        device, dtype = self.lm_head.weight.device, self.lm_head.weight.dtype
+        """Build the rotary tables on the weights' device, in the compute dtype."""
+        device, dtype = cast(nn.Embedding, self.transformer["wte"]).weight.device, self.compute_dtype
         hd = self.config.head_dim
         channels = torch.arange(0, hd, 2, dtype=torch.float32, device=device)
         inv_freq = 1.0 / (self.spec.rotary_base ** (channels / hd))
@@ -202,7 +206,7 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------ shared parts
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
-        return norm(cast(nn.Embedding, self.transformer["wte"])(idx))
+        return norm(cast(nn.Embedding, self.transformer["wte"])(idx).to(self.compute_dtype))
 
     def _smear_gate(self, e: torch.Tensor) -> torch.Tensor:
         return self.smear_lambda * torch.sigmoid(self.smear_gate(e[..., :24]))
@@ -213,7 +217,7 @@ class GPT(nn.Module):
         return x
 
     def _value_embed(self, i: int, idx: torch.Tensor) -> torch.Tensor | None:
-        return cast(nn.Embedding, self.value_embeds[str(i)])(idx) if i in self.ve_layers else None
+        return cast(nn.Embedding, self.value_embeds[str(i)])(idx).to(self.compute_dtype) if i in self.ve_layers else None
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.lm_head(norm(x))[..., : self.config.vocab_size]
@@ -327,4 +331,5 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------- facts
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        packed = sum(m.in_features * m.out_features for m in self.modules() if isinstance(m, Int8Linear))
+        return packed + sum(p.numel() for p in self.parameters())

@@ -21,9 +21,18 @@ from nanochat_gateway.model.checkpoint import (
     find_checkpoint,
     read_meta,
     read_state_dict,
+    release_pages,
 )
-from nanochat_gateway.model.device import DtypeChoice, choose_dtype, kv_cache_dtype
+from nanochat_gateway.model.device import DTYPES, DtypeChoice, choose_dtype, kv_cache_dtype
 from nanochat_gateway.model.gpt import GPT, ModelConfig
+from nanochat_gateway.model.quantize import (
+    QUANTIZE_MODES,
+    QuantizationError,
+    check_int8_supported,
+    loaded_weight_bytes,
+    quantize_linears,
+    weight_footprints,
+)
 from nanochat_gateway.model.tokenizer import NanochatTokenizer, TokenizerError, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -41,14 +50,23 @@ class LoadedModel:
     meta: dict[str, Any]
     files: CheckpointFiles
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # activations, and every weight that is neither int8 nor an embedding table
     source: str = ""
     is_demo: bool = False
     dtype_reason: str = ""
+    quantize: str = "none"  # "int8": the attention, MLP and lm_head weights are int8
+    embedding_dtype: torch.dtype | None = None  # the embedding tables' dtype when it is not `dtype`
 
     @property
     def kv_bytes_per_token(self) -> int:
         return self.config.kv_bytes_per_token(kv_cache_dtype(self.device, self.dtype))
+
+    @property
+    def precision(self) -> str:
+        """How the weights are held, as one token: "float32", "bfloat16", or "int8-<embedding dtype>"."""
+        if self.quantize == "none":
+            return _dtype_name(self.dtype)
+        return f"{self.quantize}-{_dtype_name(self.embedding_dtype or self.dtype)}"
 
     def describe(self) -> dict[str, Any]:
         """JSON-safe facts for `inspect`, /stats and /v1/models."""
@@ -68,12 +86,21 @@ class LoadedModel:
             "windows": self.model.windows,
             "softcap": self.spec.softcap,
             "parameters": self.model.num_params(),
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": _dtype_name(self.dtype),
             "dtype_reason": self.dtype_reason,
+            "quantize": self.quantize,
+            "embedding_dtype": _dtype_name(self.embedding_dtype or self.dtype),
+            "precision": self.precision,
+            "weight_bytes": loaded_weight_bytes(self.model),
+            "weight_bytes_by_precision": weight_footprints(self.model),
             "device": str(self.device),
             "kv_cache_bytes_per_token": self.kv_bytes_per_token,
             "demo": self.is_demo,
         }
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def build_model(
@@ -85,8 +112,16 @@ def build_model(
     dtype: torch.dtype,
     model_path: Path,
     rotary_len: int | None = None,
+    quantize: str = "none",
+    embedding_dtype: torch.dtype | None = None,
+    release_source: bool = False,
 ) -> GPT:
-    """Check every key and shape against the architecture, then load in the serving dtype."""
+    """Check every key and shape against the architecture, then load in the serving dtype.
+
+    quantize="int8" builds the attention, MLP and lm_head layers as int8 (float32 compute);
+    embedding_dtype stores the embedding tables in another dtype than `dtype`.
+    release_source: the state dict was read with mmap; reclaim each tensor's pages once converted.
+    """
     with torch.device("meta"):
         model = GPT(config, spec, rotary_len=rotary_len)
     expected = model.state_dict()
@@ -109,9 +144,20 @@ def build_model(
         raise CheckpointError(
             f"{model_path}: does not match generation {spec.name} with {config}: " + "; ".join(problems)
         )
+    released = release_pages if release_source else None
+    if quantize == "int8":
+        # Swapped first, so the float copies of these weights are never made.
+        quantize_linears(model, weights, released=released)
+    tables = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
     # One conversion at load: the forward never casts weights again.
-    converted = {k: weights[k].to(device=device, dtype=dtype) for k in expected}
+    converted = {}
+    for key in model.state_dict():
+        source = weights[key]
+        converted[key] = source.to(device=device, dtype=embedding_dtype if key in tables and embedding_dtype else dtype)
+        if released is not None and converted[key].data_ptr() != source.data_ptr():
+            released(source)
     model.load_state_dict(converted, strict=True, assign=True)
+    model.compute_dtype = dtype
     model.init_rotary()
     model.eval().requires_grad_(False)
     return model
@@ -128,14 +174,22 @@ def load_model(
     tag: str | None = None,
     step: int | None = None,
     rotary_len: int | None = None,
+    quantize: str = "none",
 ) -> LoadedModel:
     """Load a nanochat checkpoint of any generation.
 
     source: a flat directory, a nanochat base dir, or ``hf:owner/repo[@revision]``.
     dtype: "float32", "bfloat16", "float16", "auto" or a torch.dtype.
-    Raises CheckpointError / TokenizerError / ArchitectureError with a message naming the file.
+    quantize: "none", or "int8" (CPU only): int8 attention, MLP and lm_head weights computing in
+    float32, with the embedding tables in `dtype` ("auto": bfloat16).
+    Raises CheckpointError / TokenizerError / ArchitectureError with a message naming the file,
+    QuantizationError when int8 cannot run on `device`.
     """
     device = torch.device(device)
+    if quantize not in QUANTIZE_MODES:
+        raise QuantizationError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+    if quantize == "int8":
+        check_int8_supported(device)
     source_str = str(source)
     if source_str.startswith("hf:"):
         from nanochat_gateway.model.hub import download_checkpoint
@@ -161,24 +215,41 @@ def load_model(
         spec = resolve_spec(name, softcap=softcap)
     except ArchitectureError as exc:
         raise CheckpointError(f"{files.model_path}: {exc}") from None
-    choice = choose_dtype(dtype, device, config.n_embd) if isinstance(dtype, str) else DtypeChoice(dtype, "given")
+    choice, embedding_dtype = _serving_dtypes(dtype, device, config.n_embd, quantize)
     torch_dtype = choice.dtype
     model = build_model(
-        state_dict, config, spec, device=device, dtype=torch_dtype,
-        model_path=files.model_path, rotary_len=rotary_len,
+        state_dict, config, spec, device=device, dtype=torch_dtype, model_path=files.model_path,
+        rotary_len=rotary_len, quantize=quantize, embedding_dtype=embedding_dtype, release_source=True,
     )
     user_config = meta.get("user_config")
     is_demo = isinstance(user_config, dict) and bool(user_config.get("demo"))
-    log.info(
-        "loaded %s (generation %s, step %d, %s [%s], %s)%s", files.model_path, spec.name, files.step,
-        str(torch_dtype).removeprefix("torch."), choice.reason, device,
-        " [DEMO MODEL: random weights]" if is_demo else "",
-    )
-    return LoadedModel(
+    loaded = LoadedModel(
         model=model, tokenizer=tokenizer, config=config, architecture=spec.name, spec=spec, meta=meta,
         files=files, device=device, dtype=torch_dtype, source=source_str, is_demo=is_demo,
-        dtype_reason=choice.reason,
+        dtype_reason=choice.reason, quantize=quantize, embedding_dtype=embedding_dtype,
     )
+    log.info(
+        "loaded %s (generation %s, step %d, %s [%s], %s)%s", files.model_path, spec.name, files.step,
+        loaded.precision, choice.reason, device, " [DEMO MODEL: random weights]" if is_demo else "",
+    )
+    return loaded
 
 
-__all__ = ["CheckpointError", "ArchitectureError", "LoadedModel", "TokenizerError", "build_model", "load_model"]
+def _serving_dtypes(dtype: str | torch.dtype, device: torch.device, n_embd: int,
+                    quantize: str) -> tuple[DtypeChoice, torch.dtype | None]:
+    """(compute dtype and why, embedding-table dtype or None when it is the same)."""
+    if quantize == "int8":
+        # fbgemm's int8 kernels take float32; the tables are only looked up, so bf16 costs no speed
+        # and halves their memory (GPU-trained checkpoints store them in bf16 anyway).
+        tables = torch.bfloat16 if dtype == "auto" else DTYPES[dtype] if isinstance(dtype, str) else dtype
+        return DtypeChoice(torch.float32, "int8 linear layers compute in float32"), (
+            None if tables == torch.float32 else tables)
+    if isinstance(dtype, str):
+        return choose_dtype(dtype, device, n_embd), None
+    return DtypeChoice(dtype, "given"), None
+
+
+__all__ = [
+    "ArchitectureError", "CheckpointError", "LoadedModel", "QuantizationError", "TokenizerError", "build_model",
+    "load_model",
+]

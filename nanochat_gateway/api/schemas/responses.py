@@ -200,6 +200,10 @@ class Model(BaseModel):
     generation: Annotated[
         str | None, Field(exclude_if=_is_none, description="Extension: the checkpoint's architecture generation.")
     ] = None
+    quantization: Annotated[
+        str | None,
+        Field(exclude_if=_is_none, description='Extension: "int8" when the linear layers hold int8 weights, else "none".'),
+    ] = None
     max_model_len: Annotated[
         int | None, Field(exclude_if=_is_none, description="Extension: the context, in tokens.")
     ] = None
