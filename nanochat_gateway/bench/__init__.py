@@ -7,7 +7,12 @@ Modes:
   --structured   batch-B decode with every row JSON-schema-constrained versus none, and
                  the token mask's own cost per step
   --multiturn    conversations of several turns, prefix cache on and off, in one run
-  --golden DIR   bf16-versus-fp32 greedy agreement on golden checkpoints
+  --precisions float32,bfloat16,int8
+                 precisions side by side: engine decode at batch 1 and 16 and HTTP at
+                 concurrency 16, each run in its own process (peak memory), in turns
+  --quality      teacher-forced KL and top-1 agreement of bf16 and int8 against float32,
+                 for the golden checkpoints under --golden DIR and for --model
+  --golden DIR   (alone) bf16-versus-fp32 greedy agreement on golden checkpoints
 
 Every mode prints a table and ends with one JSON line.
 """
@@ -24,7 +29,8 @@ from nanochat_gateway.bench.report import print_json_line, print_table
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="", help="checkpoint dir or hf: source (default: write the 'bench' demo "
                         "model to ~/.cache/nanochat-gateway/demo-bench)")
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16, auto, or a comma list for --engine-only")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16, auto, or a comma list for --engine-only, "
+                        "where int8 (quantize = int8, bf16 tables) and int8-float32 are accepted too")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--requests", type=int, default=64)
@@ -42,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--turns", type=int, default=6, help="multiturn: turns per conversation")
     parser.add_argument("--turn-words", type=int, default=150, help="multiturn: words of each new user message")
     parser.add_argument("--golden", type=Path, default=None)
+    parser.add_argument("--precisions", default="", help="comma list, e.g. float32,bfloat16,int8")
+    parser.add_argument("--rounds", type=int, default=2, help="--precisions: turns each configuration takes")
+    parser.add_argument("--quality", action="store_true")
 
 
 def _model_path(args: argparse.Namespace) -> str:
@@ -58,6 +67,14 @@ def _model_path(args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.quality:
+        from nanochat_gateway.bench.quality import run_quality
+
+        if not args.golden and not args.model:
+            print("bench --quality: give --golden DIR, --model DIR, or both")
+            return 2
+        print_json_line(run_quality(args.golden, args.model, args.prompt_len))
+        return 0
     if args.golden:
         from nanochat_gateway.bench.suite import golden_agreement
 
@@ -66,7 +83,12 @@ def main(args: argparse.Namespace) -> int:
         print_json_line({"mode": "golden", **result})
         return 0
     model = _model_path(args)
-    if args.suite:
+    if args.precisions:
+        from nanochat_gateway.bench.precisions import run_precisions
+        from nanochat_gateway.bench.suite import special_ids
+
+        result = asyncio.run(run_precisions(model, args.precisions.split(","), special_ids(model), args))
+    elif args.suite:
         from nanochat_gateway.bench.suite import run_suite
 
         result = asyncio.run(run_suite(model, args))

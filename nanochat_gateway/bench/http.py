@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,11 +46,25 @@ def free_port() -> int:
         return port
 
 
+def peak_rss_bytes(pid: int) -> int | None:
+    """A process's peak resident memory (VmHWM), or None where /proc does not say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 @asynccontextmanager
 async def running_server(model: str, *, dtype: str, max_batch_size: int, threads: int,
-                         extra_env: dict[str, str] | None = None,
-                         startup_timeout: float = 300.0) -> AsyncIterator[tuple[str, str]]:
-    """Start `nanochat-gateway serve` in a subprocess; yield its base URL; stop it."""
+                         extra_env: dict[str, str] | None = None, startup_timeout: float = 300.0,
+                         stats: dict[str, Any] | None = None) -> AsyncIterator[tuple[str, str]]:
+    """Start `nanochat-gateway serve` in a subprocess; yield its base URL; stop it.
+
+    stats, when given, receives the server's peak_rss_bytes just before it is stopped.
+    """
     port = free_port()
     env = dict(os.environ)
     env.update({
@@ -83,6 +98,8 @@ async def running_server(model: str, *, dtype: str, max_batch_size: int, threads
                 model_id = (await r.json())["data"][0]["id"]
         yield url, model_id
     finally:
+        if stats is not None:
+            stats["peak_rss_bytes"] = peak_rss_bytes(proc.pid)
         proc.terminate()
         try:
             proc.wait(30)

@@ -14,7 +14,7 @@ from nanochat_gateway.bench.report import print_table
 from nanochat_gateway.model.loader import load_model
 
 
-def _special_ids(model: str) -> list[int]:
+def special_ids(model: str) -> list[int]:
     from nanochat_gateway.model.checkpoint import find_checkpoint
     from nanochat_gateway.model.tokenizer import load_tokenizer
 
@@ -37,7 +37,7 @@ async def run_engine_only(model: str, args: argparse.Namespace) -> dict[str, Any
 
 
 async def run_serving(model: str, args: argparse.Namespace) -> dict[str, Any]:
-    ignore = _special_ids(model)
+    ignore = special_ids(model)
     async with running_server(model, dtype=args.dtype, max_batch_size=max(args.concurrency, 1),
                               threads=args.threads) as (url, model_id):
         lone = await drive(url, model_id, requests=3, concurrency=1, prompt_words=args.prompt_words,
@@ -77,7 +77,7 @@ async def run_suite(model: str, args: argparse.Namespace) -> dict[str, Any]:
             engine[f"{dtype}/b{batch}/{layout}"] = max(runs, key=lambda r: r["tokens_per_s"])
     out["engine"] = {k: round(v["tokens_per_s"], 1) for k, v in engine.items()}
     dtype = args.dtype if args.dtype in ("float32", "bfloat16") else "float32"
-    ignore = _special_ids(model)
+    ignore = special_ids(model)
     async with running_server(model, dtype=dtype, max_batch_size=16, threads=args.threads) as (url, model_id):
         # long streams, so one prefill per request weighs little against the decode being compared
         one = await drive(url, model_id, requests=2, concurrency=1, prompt_words=args.prompt_words,
