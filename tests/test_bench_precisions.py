@@ -48,10 +48,11 @@ def test_precisions_mode_measures_each_configuration_in_its_own_process(tiny_mod
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["mode"] == "precisions" and set(result["rows"]) == {"bfloat16", "int8"}
-    assert result["engine"]["int8/b16"]["precision"] == "int8-bfloat16"
+    runs = result["runs"]
+    assert runs["int8/b16"][0]["precision"] == "int8-bfloat16" and runs["bfloat16/b1"][0]["batch"] == 1
     for row in result["rows"].values():
         assert row["batch 1 tokens/s"] > 0 and row["batch 16 tokens/s"] > 0 and row["HTTP c=16 tokens/s"] > 0
-        assert row["engine peak RSS MiB"] > 0 and row["server peak RSS MiB"] > 0
-    ratio = result["ratios"]["int8 / bf16, batch 16"]
-    assert ratio == round(result["rows"]["int8"]["batch 16 tokens/s"] / result["rows"]["bfloat16"]["batch 16 tokens/s"], 2)
-    assert "ratios to bfloat16" in done.stdout
+        assert row["batch 1 engine peak RSS MiB"] > 0 and row["server peak RSS MiB"] > 0
+    ratio = runs["int8/b16"][0]["tokens_per_s"] / runs["bfloat16/b16"][0]["tokens_per_s"]
+    assert result["ratios"]["int8 / bf16, batch 16"] == round(ratio, 2)
+    assert "ratios to bfloat16, median over rounds" in done.stdout

@@ -3,14 +3,16 @@
 Every measurement runs in a fresh process (an engine-only bench, or a server), so each
 configuration's peak resident memory is its own, and the configurations take turns over
 `rounds` rounds: a slow spell on a shared machine then hits all of them rather than one.
-Each figure is the best of its rounds (noise only ever slows a run down); peak memory is
-the largest seen.
+Each figure in the table is the best of its rounds (noise only ever slows a run down); each
+ratio is the median over rounds of the ratio within a round, whose runs were back to back;
+peak memory is the largest seen.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from typing import Any
@@ -46,65 +48,64 @@ async def http_run(model: str, precision: str, ignore_ids: list[int], args: argp
     return {**result, "peak_rss_bytes": stats.get("peak_rss_bytes")}
 
 
-def _keep_best(table: dict[str, dict[str, Any]], key: str, run: dict[str, Any], speed: str) -> None:
-    best = table.get(key)
-    peak = max(filter(None, (run.get("peak_rss_bytes"), best and best.get("peak_rss_bytes"))), default=None)
-    if best is None or run[speed] > best[speed]:
-        table[key] = dict(run)
-    table[key]["peak_rss_bytes"] = peak
-
-
 async def run_precisions(model: str, precisions: list[str], ignore_ids: list[int],
                          args: argparse.Namespace) -> dict[str, Any]:
     """Measure every precision in turn for `args.rounds` rounds; print the table and ratios."""
     for name in precisions:
         precision_settings(name)  # an unknown name fails before anything runs
-    engine: dict[str, dict[str, Any]] = {}
-    http: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}  # "int8/b1", "int8/http" -> one run per round
     for round_no in range(args.rounds):
         for batch in BATCHES:
             for name in precisions:
                 run = engine_run(model, name, batch, args)
                 print(f"round {round_no + 1}: {name} batch {batch}: {run['step_ms']:.1f} ms/step", flush=True)
-                _keep_best(engine, f"{name}/b{batch}", run, "tokens_per_s")
+                runs.setdefault(f"{name}/b{batch}", []).append(run)
         for name in precisions:
             run = await http_run(model, name, ignore_ids, args)
             print(f"round {round_no + 1}: {name} HTTP c=16: {run['output_tokens_per_s']:.1f} tokens/s", flush=True)
-            _keep_best(http, name, run, "output_tokens_per_s")
-    rows = {name: _row(name, engine, http) for name in precisions}
+            runs.setdefault(f"{name}/http", []).append(run)
+    rows = {name: _row(name, runs) for name in precisions}
     for name, row in rows.items():
-        print_table(f"{name} ({engine[f'{name}/b1']['precision']})", list(row.items()))
-    ratios = _ratios(rows, precisions)
+        print_table(f"{name} ({runs[f'{name}/b1'][0]['precision']})", list(row.items()))
+    ratios = _ratios(runs, rows, precisions)
     if ratios:
-        print_table("ratios to bfloat16 (int8 targets: batch 1 >= 1.6, batch 16 >= 1.5, peak memory < 1)",
-                    list(ratios.items()))
+        print_table("ratios to bfloat16, median over rounds (int8 targets: batch 1 >= 1.6, batch 16 >= 1.5, "
+                    "peak memory < 1)", list(ratios.items()))
     return {"mode": "precisions", "rounds": args.rounds, "threads": args.threads, "rows": rows, "ratios": ratios,
-            "engine": engine, "http": http}
+            "runs": runs}
 
 
-def _row(name: str, engine: dict[str, dict[str, Any]], http: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _speed(run: dict[str, Any]) -> float:
+    return float(run["output_tokens_per_s"] if "output_tokens_per_s" in run else run["tokens_per_s"])
+
+
+def _peak_mib(runs: list[dict[str, Any]]) -> int:
+    return round(max((r["peak_rss_bytes"] or 0 for r in runs), default=0) / 2**20)
+
+
+def _row(name: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for batch in BATCHES:
-        r = engine[f"{name}/b{batch}"]
-        row[f"batch {batch} ms/step"] = round(r["step_ms"], 1)
-        row[f"batch {batch} tokens/s"] = round(r["tokens_per_s"], 1)
-    row["HTTP c=16 tokens/s"] = round(http[name]["output_tokens_per_s"], 1)
-    peaks = [engine[f"{name}/b{b}"]["peak_rss_bytes"] for b in BATCHES]
-    row["engine peak RSS MiB"] = round(max(filter(None, peaks), default=0) / 2**20)
-    row["server peak RSS MiB"] = round((http[name]["peak_rss_bytes"] or 0) / 2**20)
+        best = max(runs[f"{name}/b{batch}"], key=_speed)
+        row[f"batch {batch} ms/step"] = round(best["step_ms"], 1)
+        row[f"batch {batch} tokens/s"] = round(best["tokens_per_s"], 1)
+    row["HTTP c=16 tokens/s"] = round(max(map(_speed, runs[f"{name}/http"])), 1)
+    for batch in BATCHES:
+        row[f"batch {batch} engine peak RSS MiB"] = _peak_mib(runs[f"{name}/b{batch}"])
+    row["server peak RSS MiB"] = _peak_mib(runs[f"{name}/http"])
     return row
 
 
-def _ratios(rows: dict[str, dict[str, Any]], precisions: list[str]) -> dict[str, float]:
-    if "bfloat16" not in rows:
+def _ratios(runs: dict[str, list[dict[str, Any]]], rows: dict[str, dict[str, Any]],
+            precisions: list[str]) -> dict[str, float]:
+    if "bfloat16" not in precisions:
         return {}
-    base = rows["bfloat16"]
     out = {}
-    for name in precisions:
-        if name == "bfloat16":
-            continue
-        for key in ("batch 1 tokens/s", "batch 16 tokens/s", "HTTP c=16 tokens/s", "engine peak RSS MiB",
-                    "server peak RSS MiB"):
-            if base[key]:
-                out[f"{name} / bf16, {key.removesuffix(' tokens/s')}"] = round(rows[name][key] / base[key], 2)
+    for name in (p for p in precisions if p != "bfloat16"):
+        for label, kind in (("batch 1", "b1"), ("batch 16", "b16"), ("HTTP c=16", "http")):
+            paired = zip(runs[f"{name}/{kind}"], runs[f"bfloat16/{kind}"], strict=True)
+            out[f"{name} / bf16, {label}"] = round(statistics.median(_speed(a) / _speed(b) for a, b in paired), 2)
+        for key in ("batch 1 engine peak RSS MiB", "batch 16 engine peak RSS MiB", "server peak RSS MiB"):
+            if rows["bfloat16"][key]:
+                out[f"{name} / bf16, {key.removesuffix(' MiB')}"] = round(rows[name][key] / rows["bfloat16"][key], 2)
     return out

@@ -42,7 +42,8 @@ PRESETS = {
     "tiny": DemoShape(n_layer=4, n_embd=128, n_head=4, n_kv_head=4, vocab_size=4096, sequence_len=2048),
     # the benchmark model named in the engine targets
     "bench": DemoShape(n_layer=8, n_embd=512, n_head=4, n_kv_head=4, vocab_size=32768, sequence_len=2048),
-    # a d20-shaped model for load-time measurements (2.2 GB in fp32)
+    # a d20-shaped model for load-time and speed measurements (5.6 GB in fp32, 3.4 GB of it
+    # value embeddings)
     "d20": DemoShape(n_layer=20, n_embd=1280, n_head=10, n_kv_head=10, vocab_size=65536, sequence_len=2048),
 }
 

@@ -78,7 +78,8 @@ class Int8Linear(nn.Module):
     def from_float(cls, weight: torch.Tensor, *, nonnegative_input: bool = False) -> Int8Linear:
         """Quantize a float (out_features, in_features) weight; the float tensor is not kept."""
         w = weight.detach().to(device="cpu", dtype=torch.float32)
-        scales = (w.abs().amax(dim=1) / 127).clamp_min_(_TINY).double()
+        # two reductions rather than abs().amax(): no temporary the size of the weight
+        scales = (torch.maximum(w.amax(dim=1), w.amin(dim=1).neg_()) / 127).clamp_min_(_TINY).double()
         zero_points = torch.zeros(w.shape[0], dtype=torch.long)
         with warnings.catch_warnings():
             # torch 2.13 deprecates qint8 tensors (pytorch#184982), but fbgemm's packing still
