@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from nanochat_gateway import __version__
 from nanochat_gateway.config import ConfigError, load_settings
@@ -88,9 +89,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_precision(facts: dict) -> str:
+def _describe_precision(facts: dict[str, Any]) -> str:
     if facts["quantize"] == "none":
-        return facts["dtype"]
+        return str(facts["dtype"])
     return (f"{facts['precision']} ({facts['quantize']} attention, MLP and lm_head weights, "
             f"{facts['embedding_dtype']} embeddings, {facts['dtype']} activations)")
 

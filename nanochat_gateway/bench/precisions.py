@@ -32,7 +32,8 @@ def engine_run(model: str, precision: str, batch: int, args: argparse.Namespace)
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{precision} at batch {batch} failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["results"][0]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])["results"][0]
+    return result
 
 
 async def http_run(model: str, precision: str, ignore_ids: list[int], args: argparse.Namespace) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def teacher_forced_logits(source: str, precision: str, prompt: list[int]) -> tor
     dtype, quantize = precision_settings(precision)
     loaded = load_model(source, dtype=dtype, quantize=quantize)
     with torch.inference_mode():
-        logits = loaded.model(torch.tensor([prompt]))[0].float()
+        logits: torch.Tensor = loaded.model(torch.tensor([prompt]))[0].float()
     del loaded
     gc.collect()
     return logits
