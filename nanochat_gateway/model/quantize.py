@@ -3,10 +3,11 @@
 Notable features:
 - weights: int8, symmetric, one scale per output channel, computed at load time from the
   checkpoint and packed once for fbgemm (PyTorch's own x86 int8 GEMM, VNNI when present)
-- activations: quantized to 8 bits on every call by fbgemm's dynamic linear, which picks one
-  range for its whole input; each row is first scaled to unit max-abs so that every row gets
-  the same grid whatever shares the step: a prefill chunk's outlier token does not coarsen
-  the decode rows, and a row's output does not depend on its batch
+- activations: each row is scaled to its own peak and rounded to integers on every call, so
+  a row's output does not depend on what else shares the step; fbgemm's dynamic linear then
+  takes those integers losslessly. Where 8 bits are too coarse, the rounding error is sent as
+  a second row of 8-bit "digits" through the same product: the weights are still read once,
+  and the activations carry about 15 bits
 - which layers: attention (c_q, c_k, c_v, c_proj), MLP (c_fc, c_proj) and the lm_head;
   embeddings, norms, gates, lambdas, rotary tables and the KV cache are left as they are
 """
@@ -25,8 +26,11 @@ from nanochat_gateway.model.device import cpu_flags
 QUANTIZE_MODES = ("none", "int8")
 # Module names (suffixes) whose weights become int8; ve_gate and smear_gate are too small to matter.
 INT8_LAYERS = ("attn.c_q", "attn.c_k", "attn.c_v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
-# Layers whose input is never negative (relu(x)^2): their 8-bit grid spans [0, 1], not [-1, 1].
+# Layers whose input is never negative (relu(x)^2): their 8-bit grid spans [0, peak], not [-peak, peak].
 NONNEGATIVE_INPUT = ("mlp.c_proj",)
+# Layers whose activations go through the product as two 8-bit digits (about 15 bits): 8-bit
+# activations alone doubled int8's KL divergence from float32 (see docs/deploy.md).
+TWO_DIGIT_LAYERS: tuple[str, ...] = INT8_LAYERS
 _TINY = 1e-30
 
 
@@ -55,27 +59,35 @@ def cpu_has_vnni() -> bool:
 
 
 class Int8Linear(nn.Module):
-    """y = x @ W.T for float32 x, with W held as int8 plus one float scale per output row."""
+    """y = x @ W.T for float x, with W held as int8 plus one float scale per output row.
+
+    Each input row is scaled to the integer grid [-L, L] (L = 127 with VNNI), rounded, and
+    handed to fbgemm as exact integers; with ``digits=2`` the rounding error is scaled up and
+    sent as a second row through the same product, so the activations carry about 15 bits.
+    An extra pin row holding -(L+1) and L makes fbgemm choose scale 1 and quantize losslessly.
+    """
 
     pin: torch.Tensor
+    row_sums: torch.Tensor
 
-    def __init__(self, packed: Any, in_features: int, out_features: int, *, nonnegative_input: bool = False,
-                 reduce_range: bool = False) -> None:
+    def __init__(self, packed: Any, row_sums: torch.Tensor, in_features: int, out_features: int, *,
+                 nonnegative_input: bool = False, digits: int = 1, reduce_range: bool = False) -> None:
         super().__init__()
         self.packed = packed  # fbgemm's packed weights (a torch script object, not a tensor)
         self.in_features, self.out_features = in_features, out_features
-        self.nonnegative_input = nonnegative_input
+        self.nonnegative_input, self.digits = nonnegative_input, digits
         # Without VNNI, fbgemm sums pairs of u8 x s8 products in int16, which 8-bit inputs can
         # saturate; 7-bit inputs cannot.
         self.reduce_range = reduce_range
-        # An extra input row holding -1 and 1 fixes fbgemm's range at [-1, 1] when the rows
-        # themselves do not span it (a single decode row rarely has both signs at its peak).
+        self.level = 63 if reduce_range else 127
         pin = torch.zeros(1, in_features)
-        pin[0, 0], pin[0, min(1, in_features - 1)] = -1.0, 1.0
+        pin[0, 0], pin[0, min(1, in_features - 1)] = -(self.level + 1.0), float(self.level)
         self.register_buffer("pin", pin, persistent=False)
+        # sum over k of the int8 weights (dequantized): shifts a nonnegative input back from its grid
+        self.register_buffer("row_sums", row_sums, persistent=False)
 
     @classmethod
-    def from_float(cls, weight: torch.Tensor, *, nonnegative_input: bool = False) -> Int8Linear:
+    def from_float(cls, weight: torch.Tensor, *, nonnegative_input: bool = False, digits: int = 1) -> Int8Linear:
         """Quantize a float (out_features, in_features) weight; the float tensor is not kept."""
         w = weight.detach().to(device="cpu", dtype=torch.float32)
         # two reductions rather than abs().amax(): no temporary the size of the weight
@@ -87,33 +99,49 @@ class Int8Linear(nn.Module):
             warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
             q = torch.quantize_per_channel(w, scales, zero_points, 0, torch.qint8)
         del w
+        row_sums = (q.int_repr().sum(dim=1, dtype=torch.int64).double() * scales).float()
         packed = torch.ops.quantized.linear_prepack(q, None)
-        return cls(packed, weight.shape[1], weight.shape[0], nonnegative_input=nonnegative_input,
-                   reduce_range=not cpu_has_vnni())
+        return cls(packed, row_sums, weight.shape[1], weight.shape[0], nonnegative_input=nonnegative_input,
+                   digits=digits, reduce_range=not cpu_has_vnni())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
         n = rows.shape[0]
         if n == 0:  # a prefill step that needs no logits yet
             return x.new_empty(*x.shape[:-1], self.out_features)
+        level = self.level
         # abs().amax() rather than vector_norm(ord=inf): 10x faster for these shapes on the CPU
         peak = rows.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY)
-        unit = rows / peak  # every row's largest magnitude is now exactly 1
-        if not self.nonnegative_input:
-            lo, hi = torch.aminmax(unit)
-            if bool((lo > -1) | (hi < 1)):
-                unit = torch.cat((unit, self.pin))
-        y: torch.Tensor = torch.ops.quantized.linear_dynamic(unit, self.packed, self.reduce_range)
-        y = y[:n].mul_(peak)
-        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        if self.nonnegative_input:  # [0, peak] onto all 2L+2 levels, shifted to [-(L+1), L]
+            span = 2 * level + 1
+            grid = rows.mul(span / peak)
+            first = grid.round().sub_(level + 1)
+            error = grid.sub_(first).sub_(level + 1)
+        else:
+            span = level
+            grid = rows.mul(level / peak)
+            first = grid.round()
+            error = grid.sub_(first)
+        parts = [first]
+        if self.digits == 2:  # |error| <= 1/2, so error * 2L is again on [-L, L]
+            parts.append(error.mul_(2 * level).round_())
+        y: torch.Tensor = torch.ops.quantized.linear_dynamic(torch.cat((*parts, self.pin)), self.packed,
+                                                             self.reduce_range)
+        out = y[:n]
+        if self.digits == 2:
+            out = out.add_(y[n : 2 * n], alpha=1 / (2 * level))
+        if self.nonnegative_input:
+            out = out.add_(self.row_sums, alpha=level + 1)
+        out = out.mul_(peak / span)
+        return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     @property
     def nbytes(self) -> int:
-        """Memory of the packed weights: one byte per weight plus scale and offset per row."""
-        return self.in_features * self.out_features + 8 * self.out_features
+        """Memory of the packed weights: one byte per weight plus scale, offset and row sum per row."""
+        return self.in_features * self.out_features + 12 * self.out_features
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8, digits={self.digits}"
 
 
 def int8_layer_names(model: nn.Module) -> list[str]:
@@ -137,7 +165,9 @@ def quantize_linears(model: nn.Module, weights: dict[str, torch.Tensor], *,
     """
     for name in int8_layer_names(model):
         weight = weights[f"{name}.weight"]
-        replace_module(model, name, Int8Linear.from_float(weight, nonnegative_input=name.endswith(NONNEGATIVE_INPUT)))
+        layer = Int8Linear.from_float(weight, nonnegative_input=name.endswith(NONNEGATIVE_INPUT),
+                                      digits=2 if name.endswith(TWO_DIGIT_LAYERS) else 1)
+        replace_module(model, name, layer)
         if released is not None:
             released(weight)
 
@@ -165,7 +195,7 @@ def weight_footprints(model: nn.Module) -> dict[str, int]:
     for kind, numel, rows in _weight_groups(model):
         out["float32"] += 4 * numel
         out["bfloat16"] += 2 * numel
-        out["int8"] += numel + 8 * rows if kind == "int8" else (2 if kind == "embedding" else 4) * numel
+        out["int8"] += numel + 12 * rows if kind == "int8" else (2 if kind == "embedding" else 4) * numel
     return out
 
 
