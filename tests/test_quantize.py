@@ -256,3 +256,24 @@ def test_released_checkpoint_pages_still_read_back(tmp_path):
         release_pages(tensor)
     assert torch.equal(mapped["a"], original["a"]) and torch.equal(mapped["b"], original["b"])
     assert torch.equal(original["a"], torch.load(tmp_path / "model.pt", weights_only=True)["a"])
+
+
+def test_deploy_doc_states_the_int8_footprints_the_code_computes():
+    from pathlib import Path
+
+    from nanochat_gateway.model.architectures import resolve_spec
+    from nanochat_gateway.model.gpt import GPT, ModelConfig
+    from nanochat_gateway.model.quantize import weight_footprints
+
+    def mib(architecture: str) -> dict[str, str]:
+        config = ModelConfig.from_meta(dict(sequence_len=2048, vocab_size=65536, n_layer=20, n_head=10,
+                                            n_kv_head=10, n_embd=1280, window_pattern="SSSL"))
+        with torch.device("meta"):
+            model = GPT(config, resolve_spec(architecture))
+        return {k: f"{v / 2**20:,.1f}" for k, v in weight_footprints(model).items()}
+
+    text = (Path(__file__).parent.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
+    d20 = mib("2026-07")  # the d20 demo preset
+    assert f"float32 {d20['float32']} MiB, bfloat16 {d20['bfloat16']} MiB, int8 {d20['int8']} MiB" in text
+    original = mib("2025-10")
+    assert f"{original['bfloat16'][:-2]} MiB in bf16 and {round(float(original['int8'].replace(',', '')))} MiB" in text
