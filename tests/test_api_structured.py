@@ -133,6 +133,13 @@ async def test_small_max_tokens_ends_with_length(gateway, client, stream):
         json.loads(text)
 
 
+async def test_a_top_p_below_float32_still_samples_inside_the_grammar(gateway, client):
+    # top_p 1e-300 is 0.0 in float32; the nucleus must still hold the most likely allowed token.
+    text, finish = await one_reply(client, gateway, stream=False, seed=3, max_tokens=4, top_p=1e-300,
+                                   response_format={"type": "json_object"})
+    assert finish == "length" and text.startswith("{")
+
+
 async def test_n_three_choices_all_validate(gateway, client):
     chat = await client.chat.completions.create(model=gateway.model_id, messages=USER_HI, max_tokens=300, n=3,
                                                 seed=4, response_format=SCHEMA_FORMAT)

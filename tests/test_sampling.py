@@ -1,4 +1,4 @@
-"""RowSampler edge cases: temperatures so small that dividing by them overflows."""
+"""RowSampler edge cases: temperatures so small that dividing by them overflows, top_p below float32."""
 
 from __future__ import annotations
 
@@ -25,3 +25,14 @@ def test_the_epsilon_itself_still_samples():
     row = torch.zeros(8)
     row[3] = 1.0
     assert select_tokens(row[None], [sampler])[0] == [3]
+
+
+@pytest.mark.parametrize("top_p", [1e-300, 1e-45, 1e-8])
+def test_a_top_p_too_small_for_float32_keeps_the_most_likely_token(top_p):
+    # 1e-300 is 0.0 in float32: every cumulative mass then "reaches" it, the first token included.
+    logits = torch.randn(4, 4096, generator=torch.Generator().manual_seed(1)) * 3
+    logits[:, 0] = -1e9  # token 0 is what an all-zero distribution fell back to
+    samplers = [RowSampler(SamplingParams(temperature=1.0, top_p=top_p), seed=i, device=torch.device("cpu"))
+                for i in range(4)]
+    tokens, _ = select_tokens(logits, samplers)
+    assert tokens == logits.argmax(dim=-1).tolist()

@@ -72,6 +72,7 @@ class RowSampler:
             sorted_probs, order = torch.sort(probs, descending=True)
             # keep the smallest prefix whose mass reaches top_p (at least one token)
             outside = (sorted_probs.cumsum(0) - sorted_probs) >= p.top_p
+            outside[0] = False  # a top_p below float32's range (1e-300 rounds to 0.0) would drop it too
             sorted_probs = sorted_probs.masked_fill(outside, 0.0)
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         cdf = probs.cumsum(0)
