@@ -24,7 +24,7 @@ import aiohttp
 
 from nanochat_gateway.bench.http import RequestTiming, _one_request, drive, running_server
 from nanochat_gateway.bench.prompts import synthetic_prompt
-from nanochat_gateway.bench.report import percentile, print_table
+from nanochat_gateway.bench.report import pair_ratios, percentile, print_table
 
 SHARE_NOTHING_PAIRS = 4  # back-to-back runs on both servers; the ratio is the pairs' median
 
@@ -111,7 +111,7 @@ async def run_multiturn(model: str, args: argparse.Namespace) -> dict[str, Any]:
     for cache in ("on", "off"):
         results[f"cache_{cache}"]["distinct_tokens_per_s"] = median(distinct[cache])
     results["share_nothing_tokens_per_s"] = distinct
-    pairs = [on / off for on, off in zip(distinct["on"], distinct["off"], strict=True) if off]
+    pairs = pair_ratios(distinct["on"], distinct["off"])
     results["ratios"] = ratios(results["cache_on"], results["cache_off"], median(pairs) if pairs else None)
     print_multiturn(results)
     return results

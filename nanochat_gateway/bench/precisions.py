@@ -19,7 +19,7 @@ from typing import Any
 
 from nanochat_gateway.bench.engine import precision_settings
 from nanochat_gateway.bench.http import drive, running_server
-from nanochat_gateway.bench.report import print_table
+from nanochat_gateway.bench.report import pair_ratios, print_table
 
 BATCHES = (1, 16)
 
@@ -104,8 +104,9 @@ def _ratios(runs: dict[str, list[dict[str, Any]]], rows: dict[str, dict[str, Any
     out = {}
     for name in (p for p in precisions if p != "bfloat16"):
         for label, kind in (("batch 1", "b1"), ("batch 16", "b16"), ("HTTP c=16", "http")):
-            paired = zip(runs[f"{name}/{kind}"], runs[f"bfloat16/{kind}"], strict=True)
-            out[f"{name} / bf16, {label}"] = round(statistics.median(_speed(a) / _speed(b) for a, b in paired), 2)
+            ratios = pair_ratios([_speed(r) for r in runs[f"{name}/{kind}"]],
+                                 [_speed(r) for r in runs[f"bfloat16/{kind}"]])
+            out[f"{name} / bf16, {label}"] = round(statistics.median(ratios), 2)
         for key in ("batch 1 engine peak RSS MiB", "batch 16 engine peak RSS MiB", "server peak RSS MiB"):
             if rows["bfloat16"][key]:
                 out[f"{name} / bf16, {key.removesuffix(' MiB')}"] = round(rows[name][key] / rows["bfloat16"][key], 2)

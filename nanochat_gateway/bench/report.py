@@ -18,6 +18,15 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def pair_ratios(numerators: list[float], denominators: list[float]) -> list[float]:
+    """Ratios of runs made back to back, pair by pair; pairs with a zero denominator are left out.
+
+    On a shared machine load drifts between runs, so a ratio within a pair (whose median the
+    benchmarks report) is steadier than a ratio of the two sides' best or mean runs.
+    """
+    return [a / b for a, b in zip(numerators, denominators, strict=True) if b]
+
+
 def print_table(title: str, rows: list[tuple[str, object]]) -> None:
     print(f"\n== {title} ==")
     width = max(len(k) for k, _ in rows)
