@@ -116,6 +116,9 @@ class Attention(nn.Module):
         self.c_q = Linear(c, config.n_head * hd, bias=False)
         self.c_k = Linear(c, config.n_kv_head * hd, bias=False)
         self.c_v = Linear(c, config.n_kv_head * hd, bias=False)
+        # int8 serving replaces c_q, c_k and c_v by this one product of their stacked weights
+        self.qkv: Int8Linear | None = None
+        self.qkv_sizes = (config.n_head * hd, config.n_kv_head * hd, config.n_kv_head * hd)
         self.c_proj = Linear(c, c, bias=False)
         self.ve_gate = Linear(spec.ve_gate_channels, config.n_kv_head, bias=False) if has_ve else None
         self.ve_gate_channels = spec.ve_gate_channels
@@ -126,9 +129,13 @@ class Attention(nn.Module):
                 sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v for normed input xa of shape (..., C); the last two dims become (heads, head_dim)."""
         lead = xa.shape[:-1]
-        q = self.c_q(xa).view(*lead, self.n_head, self.head_dim)
-        k = self.c_k(xa).view(*lead, self.n_kv_head, self.head_dim)
-        v = self.c_v(xa).view(*lead, self.n_kv_head, self.head_dim)
+        if self.qkv is not None:
+            q, k, v = self.qkv(xa).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.c_q(xa), self.c_k(xa), self.c_v(xa)
+        q = q.view(*lead, self.n_head, self.head_dim)
+        k = k.view(*lead, self.n_kv_head, self.head_dim)
+        v = v.view(*lead, self.n_kv_head, self.head_dim)
         if self.ve_gate is not None and ve is not None:
             gate = self.ve_gate_scale * torch.sigmoid(self.ve_gate(xa[..., : self.ve_gate_channels]))
             v = v + gate.unsqueeze(-1) * ve.view(*lead, self.n_kv_head, self.head_dim)

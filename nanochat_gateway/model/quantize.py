@@ -5,11 +5,13 @@ Notable features:
   checkpoint and packed once for fbgemm (PyTorch's own x86 int8 GEMM, VNNI when present)
 - activations: each row is scaled to its own peak and rounded to integers on every call, so
   a row's output does not depend on what else shares the step; fbgemm's dynamic linear then
-  takes those integers losslessly. Where 8 bits are too coarse, the rounding error is sent as
-  a second row of 8-bit "digits" through the same product: the weights are still read once,
+  takes those integers losslessly. 8 bits are too coarse, so the rounding error is sent as a
+  second row of 8-bit "digits" through the same product: the weights are still read once,
   and the activations carry about 15 bits
+- rounding: to nearest, except that each row's sum is kept (sum_preserving_round)
 - which layers: attention (c_q, c_k, c_v, c_proj), MLP (c_fc, c_proj) and the lm_head;
-  embeddings, norms, gates, lambdas, rotary tables and the KV cache are left as they are
+  embeddings, norms, gates, lambdas, rotary tables and the KV cache are left as they are.
+  c_q, c_k and c_v read the same input, so they become one product ("attn.qkv")
 """
 
 from __future__ import annotations
@@ -25,15 +27,43 @@ from nanochat_gateway.model.device import cpu_flags
 
 QUANTIZE_MODES = ("none", "int8")
 # Module names (suffixes) whose weights become int8; ve_gate and smear_gate are too small to matter.
-INT8_LAYERS = ("attn.c_q", "attn.c_k", "attn.c_v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
+INT8_LAYERS = ("attn.c_q", "attn.c_k", "attn.c_v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head", "attn.qkv")
+# Served as one Int8Linear per layer, "attn.qkv" (their rows stacked in this order): the shared
+# input is rounded once, and one GEMM three times as wide costs less than three calls (at batch 1
+# the per-call work is most of a small product's time).
+QKV_PARTS = ("c_q", "c_k", "c_v")
 # Layers whose input is never negative (relu(x)^2): their 8-bit grid spans [0, peak], not [-peak, peak].
 NONNEGATIVE_INPUT = ("mlp.c_proj",)
-# Layers whose activations go through the product as two 8-bit digits (about 15 bits). On the d20
-# preset, 8-bit activations everywhere made int8's KL from float32 2.3x bf16's; two digits for
-# the MLP bring it to 1.55x (1.2x with every layer) for 1.55x the multiply work, which only
-# batches large enough to be compute-bound notice (see docs/deploy.md).
-TWO_DIGIT_LAYERS = ("mlp.c_fc", "mlp.c_proj")
+# Activations go through every product as two 8-bit digits (about 15 bits). On the golden
+# checkpoints and the d20 preset, 8-bit activations made int8's KL from float32 2.3 to 3.1 times
+# bf16's; two digits in every layer (with sum-preserving weights) bring it to 1.2 to 2.2 times.
+# At batch 1 the second row is free (the step waits on reading the weights); at batch 16 it
+# costs about a tenth of the step (see docs/deploy.md).
+ACTIVATION_DIGITS = 2
 _TINY = 1e-30
+_ROUNDING_CHUNK_ROWS = 4096  # bounds the temporaries of rounding a 65536-row lm_head
+
+
+def sum_preserving_round(t: torch.Tensor) -> torch.Tensor:
+    """Round each row of `t` (already in steps, |t| <= 127) to int8 with the row's sum kept.
+
+    Rounding each weight to nearest leaves a row-sum error of about sqrt(in_features / 12)
+    steps, and that error times the input's mean reaches the output whole: for the MLP's
+    never-negative inputs it was the largest part of int8's error. Rounding the weights whose
+    fractions lie nearest one half the other way instead brings the row's sum within half a step
+    of the float one, and costs each of those weights almost nothing (0.5 - f becomes 0.5 + f).
+    """
+    q = t.round()
+    fraction = t - q  # in [-0.5, 0.5]: how far each weight was rounded down (> 0) or up (< 0)
+    shortfall = fraction.sum(dim=1).round().long()  # steps the row's integer sum lacks
+    most = int(shortfall.abs().max()) if shortfall.numel() else 0
+    if most:
+        ups, up_idx = fraction.topk(most, dim=1)
+        downs, down_idx = fraction.topk(most, dim=1, largest=False)
+        rank = torch.arange(most)
+        q.scatter_add_(1, up_idx, ((rank < shortfall[:, None]) & (ups > 0)).float())
+        q.scatter_add_(1, down_idx, -((rank < -shortfall[:, None]) & (downs < 0)).float())
+    return q.clamp_(-127, 127).to(torch.int8)
 
 
 class QuantizationError(ValueError):
@@ -93,16 +123,20 @@ class Int8Linear(nn.Module):
         """Quantize a float (out_features, in_features) weight; the float tensor is not kept."""
         w = weight.detach().to(device="cpu", dtype=torch.float32)
         # two reductions rather than abs().amax(): no temporary the size of the weight
-        scales = (torch.maximum(w.amax(dim=1), w.amin(dim=1).neg_()) / 127).clamp_min_(_TINY).double()
-        zero_points = torch.zeros(w.shape[0], dtype=torch.long)
+        scales = (torch.maximum(w.amax(dim=1), w.amin(dim=1).neg_()) / 127).clamp_min_(_TINY)
+        q = torch.empty(w.shape, dtype=torch.int8)
+        for lo in range(0, w.shape[0], _ROUNDING_CHUNK_ROWS):
+            hi = lo + _ROUNDING_CHUNK_ROWS
+            q[lo:hi] = sum_preserving_round(w[lo:hi] / scales[lo:hi, None])
+        del w
+        scales64 = scales.double()
         with warnings.catch_warnings():
             # torch 2.13 deprecates qint8 tensors (pytorch#184982), but fbgemm's packing still
             # takes one, and fbgemm's int8 GEMM is the fastest CPU kernel PyTorch ships.
             warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
-            q = torch.quantize_per_channel(w, scales, zero_points, 0, torch.qint8)
-        del w
-        row_sums = (q.int_repr().sum(dim=1, dtype=torch.int64).double() * scales).float()
-        packed = torch.ops.quantized.linear_prepack(q, None)
+            qt = torch._make_per_channel_quantized_tensor(q, scales64, torch.zeros(q.shape[0], dtype=torch.long), 0)
+        row_sums = (q.sum(dim=1, dtype=torch.int64).double() * scales64).float()
+        packed = torch.ops.quantized.linear_prepack(qt, None)
         return cls(packed, row_sums, weight.shape[1], weight.shape[0], nonnegative_input=nonnegative_input,
                    digits=digits, reduce_range=not cpu_has_vnni())
 
@@ -111,26 +145,26 @@ class Int8Linear(nn.Module):
         n = rows.shape[0]
         if n == 0:  # a prefill step that needs no logits yet
             return x.new_empty(*x.shape[:-1], self.out_features)
-        level = self.level
+        level, digits = self.level, self.digits
         # abs().amax() rather than vector_norm(ord=inf): 10x faster for these shapes on the CPU
         peak = rows.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY)
-        if self.nonnegative_input:  # [0, peak] onto all 2L+2 levels, shifted to [-(L+1), L]
-            span = 2 * level + 1
-            grid = rows.mul(span / peak)
-            first = grid.round().sub_(level + 1)
-            error = grid.sub_(first).sub_(level + 1)
+        # What fbgemm gets, written in place: first digits, second digits (if any), the pin row.
+        grid = torch.empty(digits * n + 1, self.in_features)
+        grid[-1] = self.pin
+        first = grid[:n]
+        # nonnegative input: [0, peak] onto all 2L+2 levels, shifted to [-(L+1), L] below
+        span = 2 * level + 1 if self.nonnegative_input else level
+        if digits == 2:  # the rounding error, |error| <= 1/2, times 2L is again on [-L, L]
+            second = torch.mul(rows, span / peak, out=grid[n : 2 * n])
+            torch.round(second, out=first)
+            second.sub_(first).mul_(2 * level).round_()
         else:
-            span = level
-            grid = rows.mul(level / peak)
-            first = grid.round()
-            error = grid.sub_(first)
-        parts = [first]
-        if self.digits == 2:  # |error| <= 1/2, so error * 2L is again on [-L, L]
-            parts.append(error.mul_(2 * level).round_())
-        y: torch.Tensor = torch.ops.quantized.linear_dynamic(torch.cat((*parts, self.pin)), self.packed,
-                                                             self.reduce_range)
+            torch.mul(rows, span / peak, out=first).round_()
+        if self.nonnegative_input:
+            first.sub_(level + 1)
+        y: torch.Tensor = torch.ops.quantized.linear_dynamic(grid, self.packed, self.reduce_range)
         out = y[:n]
-        if self.digits == 2:
+        if digits == 2:
             out = out.add_(y[n : 2 * n], alpha=1 / (2 * level))
         if self.nonnegative_input:
             out = out.add_(self.row_sums, alpha=level + 1)
@@ -162,16 +196,29 @@ def quantize_linears(model: nn.Module, weights: dict[str, torch.Tensor], *,
                      released: Callable[[torch.Tensor], None] | None = None) -> None:
     """Swap each int8 layer of `model` for an Int8Linear built from `weights[name + '.weight']`.
 
-    One layer at a time, so at most one float weight is held in full precision at once;
+    An attention's c_q, c_k and c_v become one Int8Linear, its ``qkv``. One layer at a time, so
+    at most one float weight (or one stacked q, k, v) is held in full precision at once;
     `released` is called with each float weight once it has been quantized.
     """
     for name in int8_layer_names(model):
-        weight = weights[f"{name}.weight"]
-        layer = Int8Linear.from_float(weight, nonnegative_input=name.endswith(NONNEGATIVE_INPUT),
-                                      digits=2 if name.endswith(TWO_DIGIT_LAYERS) else 1)
-        replace_module(model, name, layer)
+        prefix, _, part = name.rpartition(".")
+        if part in QKV_PARTS[1:]:
+            continue  # quantized with c_q
+        if part == QKV_PARTS[0]:
+            sources = [weights[f"{prefix}.{p}.weight"] for p in QKV_PARTS]
+            layer = Int8Linear.from_float(torch.cat([w.to(torch.float32) for w in sources]), digits=ACTIVATION_DIGITS)
+            attention = model.get_submodule(prefix)
+            for p in QKV_PARTS:
+                delattr(attention, p)
+            attention.qkv = layer
+        else:
+            sources = [weights[f"{name}.weight"]]
+            layer = Int8Linear.from_float(sources[0], nonnegative_input=name.endswith(NONNEGATIVE_INPUT),
+                                          digits=ACTIVATION_DIGITS)
+            replace_module(model, name, layer)
         if released is not None:
-            released(weight)
+            for weight in sources:
+                released(weight)
 
 
 def _weight_groups(model: nn.Module) -> Iterator[tuple[str, int, int]]:
