@@ -34,11 +34,11 @@ INT8_LAYERS = ("attn.c_q", "attn.c_k", "attn.c_v", "attn.c_proj", "mlp.c_fc", "m
 QKV_PARTS = ("c_q", "c_k", "c_v")
 # Layers whose input is never negative (relu(x)^2): their 8-bit grid spans [0, peak], not [-peak, peak].
 NONNEGATIVE_INPUT = ("mlp.c_proj",)
-# Activations go through every product as two 8-bit digits (about 15 bits). On the golden
-# checkpoints and the d20 preset, 8-bit activations made int8's KL from float32 2.3 to 3.1 times
-# bf16's; two digits in every layer (with sum-preserving weights) bring it to 1.2 to 2.2 times.
-# At batch 1 the second row is free (the step waits on reading the weights); at batch 16 it
-# costs about a tenth of the step (see docs/deploy.md).
+# Activations go through every product as two 8-bit digits (about 15 bits). With one digit,
+# int8's KL from float32 was 3.0 to 4.0 times bf16's on the golden checkpoints; with two, 1.6 to
+# 2.2 times (1.1 on the d20 preset). At batch 1 the second row is free (the step waits on reading
+# the weights); at batch 16 the products are compute-bound and it costs about a fifth of the
+# step (see docs/deploy.md).
 ACTIVATION_DIGITS = 2
 _TINY = 1e-30
 _ROUNDING_CHUNK_ROWS = 4096  # bounds the temporaries of rounding a 65536-row lm_head
