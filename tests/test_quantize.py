@@ -321,3 +321,22 @@ def test_deploy_doc_states_the_int8_footprints_the_code_computes():
     assert f"float32 {d20['float32']} MiB, bfloat16 {d20['bfloat16']} MiB, int8 {d20['int8']} MiB" in text
     original = mib("2025-10")
     assert f"{original['bfloat16'][:-2]} MiB in bf16 and {round(float(original['int8'].replace(',', '')))} MiB" in text
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_with_the_layer_named(tmp_path, capsys):
+    import shutil
+
+    from nanochat_gateway.cli import main
+
+    source = GOLDEN / "2026-07"
+    for f in source.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    model_file = next(tmp_path.glob("model_*.pt"))
+    state = torch.load(model_file, weights_only=True)
+    state["transformer.h.1.attn.c_v.weight"][3, 5] = float("nan")
+    torch.save(state, model_file)
+    with pytest.raises(QuantizationError, match=r"transformer\.h\.1\.attn\.c_q, c_k or c_v: holds NaN"):
+        load_model(tmp_path, quantize="int8")
+    assert main(["inspect", str(tmp_path), "--quantize", "int8"]) != 0
+    err = capsys.readouterr().err
+    assert "holds NaN or infinite weights" in err and "Traceback" not in err

@@ -124,6 +124,9 @@ class Int8Linear(nn.Module):
         w = weight.detach().to(device="cpu", dtype=torch.float32)
         # two reductions rather than abs().amax(): no temporary the size of the weight
         scales = (torch.maximum(w.amax(dim=1), w.amin(dim=1).neg_()) / 127).clamp_min_(_TINY)
+        if not bool(torch.isfinite(scales).all()):  # a row's peak is NaN or infinite iff the row holds one
+            raise QuantizationError("holds NaN or infinite weights, which int8 cannot scale; "
+                                    "serve this checkpoint with quantize = 'none'")
         q = torch.empty(w.shape, dtype=torch.int8)
         for lo in range(0, w.shape[0], _ROUNDING_CHUNK_ROWS):
             hi = lo + _ROUNDING_CHUNK_ROWS
@@ -201,24 +204,34 @@ def quantize_linears(model: nn.Module, weights: dict[str, torch.Tensor], *,
     `released` is called with each float weight once it has been quantized.
     """
     for name in int8_layer_names(model):
-        prefix, _, part = name.rpartition(".")
-        if part in QKV_PARTS[1:]:
-            continue  # quantized with c_q
-        if part == QKV_PARTS[0]:
-            sources = [weights[f"{prefix}.{p}.weight"] for p in QKV_PARTS]
-            layer = Int8Linear.from_float(torch.cat([w.to(torch.float32) for w in sources]), digits=ACTIVATION_DIGITS)
-            attention = model.get_submodule(prefix)
-            for p in QKV_PARTS:
-                delattr(attention, p)
-            attention.qkv = layer
-        else:
-            sources = [weights[f"{name}.weight"]]
-            layer = Int8Linear.from_float(sources[0], nonnegative_input=name.endswith(NONNEGATIVE_INPUT),
-                                          digits=ACTIVATION_DIGITS)
-            replace_module(model, name, layer)
+        try:
+            sources = _quantize_layer(model, name, weights)
+        except QuantizationError as exc:
+            where = f"{name}, c_k or c_v" if name.endswith("attn.c_q") else name
+            raise QuantizationError(f"{where}: {exc}") from None
         if released is not None:
             for weight in sources:
                 released(weight)
+
+
+def _quantize_layer(model: nn.Module, name: str, weights: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Swap in the Int8Linear for `name` (c_q: for c_q, c_k and c_v); the float weights it used."""
+    prefix, _, part = name.rpartition(".")
+    if part in QKV_PARTS[1:]:
+        return []  # quantized with c_q
+    if part == QKV_PARTS[0]:
+        sources = [weights[f"{prefix}.{p}.weight"] for p in QKV_PARTS]
+        layer = Int8Linear.from_float(torch.cat([w.to(torch.float32) for w in sources]), digits=ACTIVATION_DIGITS)
+        attention = model.get_submodule(prefix)
+        for p in QKV_PARTS:
+            delattr(attention, p)
+        attention.qkv = layer
+    else:
+        sources = [weights[f"{name}.weight"]]
+        layer = Int8Linear.from_float(sources[0], nonnegative_input=name.endswith(NONNEGATIVE_INPUT),
+                                      digits=ACTIVATION_DIGITS)
+        replace_module(model, name, layer)
+    return sources
 
 
 def _weight_groups(model: nn.Module) -> Iterator[tuple[str, int, int]]:
