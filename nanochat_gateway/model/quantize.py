@@ -221,7 +221,7 @@ def _quantize_layer(model: nn.Module, name: str, weights: dict[str, torch.Tensor
         return []  # quantized with c_q
     if part == QKV_PARTS[0]:
         sources = [weights[f"{prefix}.{p}.weight"] for p in QKV_PARTS]
-        layer = Int8Linear.from_float(torch.cat([w.to(torch.float32) for w in sources]), digits=ACTIVATION_DIGITS)
+        layer = Int8Linear.from_float(torch.cat(sources), digits=ACTIVATION_DIGITS)  # from_float makes it float32
         attention = model.get_submodule(prefix)
         for p in QKV_PARTS:
             delattr(attention, p)
